@@ -1,0 +1,1 @@
+//! Helpers for minivmm's integration and end-to-end tests.
