@@ -29,3 +29,5 @@ impl Interrupt for EventFdInterrupt {
         self.0.write(1)
     }
 }
+
+pub mod virtio;

@@ -1,0 +1,123 @@
+//! Virtio devices and the virtio-mmio transport (virtio 1.2, section 4.2).
+//!
+//! The split is the spec's: the transport ([`mmio`]) owns the registers, feature
+//! negotiation, the status state machine and the queue configuration; a device (block,
+//! net, ...) implements [`VirtioDevice`] and only sees its config space and, once the driver
+//! sets `DRIVER_OK`, its ready queues. Device I/O runs on a worker thread of the device,
+//! never on the vCPU thread: the vCPU only writes the notify register, which KVM turns into
+//! an eventfd signal (ioeventfd) without leaving the kernel.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::Interrupt;
+
+/// Guest memory as devices see it.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
+
+/// `VIRTIO_F_VERSION_1`: the only mode minivmm's transport offers (modern virtio).
+pub const VIRTIO_F_VERSION_1: u32 = 32;
+
+/// Interrupt status bit: the device used a buffer.
+pub const VIRTIO_MMIO_INT_VRING: u32 = 1;
+/// Interrupt status bit: the device configuration changed.
+pub const VIRTIO_MMIO_INT_CONFIG: u32 = 2;
+
+/// The interrupt of one virtio-mmio device: the `InterruptStatus` register the driver reads
+/// and acknowledges, and the line that tells it to look.
+pub struct VirtioInterrupt {
+    status: AtomicU32,
+    line: Arc<dyn Interrupt>,
+}
+
+impl VirtioInterrupt {
+    /// An interrupt with no pending status, raising `line`.
+    pub fn new(line: Arc<dyn Interrupt>) -> Self {
+        Self {
+            status: AtomicU32::new(0),
+            line,
+        }
+    }
+
+    /// Tell the driver the device put buffers in a used ring.
+    pub fn signal_used_queue(&self) {
+        self.signal(VIRTIO_MMIO_INT_VRING);
+    }
+
+    /// Tell the driver the device configuration changed.
+    pub fn signal_config_change(&self) {
+        self.signal(VIRTIO_MMIO_INT_CONFIG);
+    }
+
+    fn signal(&self, bit: u32) {
+        self.status.fetch_or(bit, Ordering::SeqCst);
+        if let Err(e) = self.line.trigger() {
+            log::error!("virtio: failed to raise interrupt: {e}");
+        }
+    }
+
+    /// The `InterruptStatus` register.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// The driver wrote `InterruptACK`: clear those bits.
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// Clear all pending status (device reset).
+    pub fn reset(&self) {
+        self.status.store(0, Ordering::SeqCst);
+    }
+}
+
+/// Why a device could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The driver did not configure a queue the device needs.
+    #[error("queue {0} is not ready")]
+    QueueNotReady(usize),
+    /// A worker thread or eventfd could not be created.
+    #[error("could not start the device worker: {0}")]
+    Worker(#[source] std::io::Error),
+    /// Something else the device needs is missing or wrong.
+    #[error("bad configuration: {0}")]
+    BadConfig(String),
+}
+
+/// What a device receives when the driver sets `DRIVER_OK`.
+pub struct ActivateContext {
+    /// Guest memory, for the queues and the buffers they point to.
+    pub mem: GuestMemoryMmap,
+    /// The features the driver acknowledged (a subset of [`VirtioDevice::features`]).
+    pub acked_features: u64,
+    /// The configured queues, in index order; their ring addresses were checked against
+    /// guest memory by the transport.
+    pub queues: Vec<virtio_queue::Queue>,
+    /// One eventfd per queue, signalled when the driver notifies that queue.
+    pub queue_events: Vec<EventFd>,
+    /// The device's interrupt.
+    pub interrupt: Arc<VirtioInterrupt>,
+}
+
+/// A virtio device behind a transport.
+pub trait VirtioDevice: Send {
+    /// The virtio device ID (1 = net, 2 = block, 4 = entropy, ...).
+    fn device_type(&self) -> u32;
+    /// The maximum size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// The feature bits the device offers, including `VIRTIO_F_VERSION_1`.
+    fn features(&self) -> u64;
+    /// Read the device-specific configuration space at `offset`. Out-of-range bytes read 0.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Write the device-specific configuration space at `offset`.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Start processing the queues.
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
+    /// Stop processing and drop everything `activate` was given (driver reset). After this
+    /// the device can be activated again.
+    fn reset(&mut self);
+}
