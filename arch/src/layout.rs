@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! 0x0000_0000  real-mode IVT / BIOS data area (left zero)
-//! 0x0000_0500  GDT (4 entries) then IDT (empty)
+//! 0x0000_0500  GDT (6 slots, see `gdt`) then IDT (one empty gate) at 0x530
 //! 0x0000_7000  zero page (`struct boot_params`)
 //! 0x0000_8ff0  initial stack pointer (grows down)
 //! 0x0000_9000  PML4, then PDPT at 0xa000, then 4 page directories at 0xb000..0xf000
@@ -19,10 +19,12 @@
 pub const REAL_MODE_IVT_START: u64 = 0x0;
 /// Global descriptor table used for the 64-bit entry.
 pub const BOOT_GDT_START: u64 = 0x500;
-/// Number of GDT entries minivmm writes (null, code64, data, TSS).
-pub const BOOT_GDT_MAX: usize = 4;
+/// Number of 8-byte GDT slots minivmm writes: null, unused, code (0x10), data (0x18) and a
+/// 16-byte TSS descriptor (0x20), the layout Linux's own boot GDT uses (see `gdt`).
+pub const BOOT_GDT_MAX: usize = 6;
 /// An empty interrupt descriptor table, loaded so that IDTR is well defined.
-pub const BOOT_IDT_START: u64 = 0x520;
+/// It follows the GDT: `BOOT_GDT_START + 8 * BOOT_GDT_MAX`.
+pub const BOOT_IDT_START: u64 = 0x530;
 /// The Linux zero page (`struct boot_params`); RSI points here at entry.
 pub const ZERO_PAGE_START: u64 = 0x7000;
 /// Initial RSP/RBP for the boot CPU.

@@ -6,4 +6,13 @@
 //! memory, and the `vmm` crate applies them with ioctls. That keeps it unit-testable.
 #![deny(missing_docs)]
 
+pub mod cpuid;
+pub mod gdt;
 pub mod layout;
+pub mod mptable;
+pub mod msr;
+pub mod paging;
+pub mod regs;
+
+/// Guest memory as minivmm uses it: anonymous mmap regions without dirty tracking.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
