@@ -1,1 +1,172 @@
-//! Helpers for minivmm's integration and end-to-end tests.
+//! Helpers for minivmm's integration and end-to-end tests: where the `minivmm` binary and
+//! the test guest are, and running a VM with a deadline.
+//!
+//! The test guest (kernel, initramfs, rootfs image) comes from `resources/guest/build.sh`,
+//! which caches its outputs; set `MINIVMM_GUEST_DIR_OUT` to a directory holding them to skip
+//! the script (the test runner `./test.sh` does that after building once).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The `minivmm` binary of the same profile as the running test (build it first:
+/// `cargo build -p minivmm`, which `./test.sh` does).
+pub fn minivmm_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("MINIVMM_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/<test> -> target/<profile>/minivmm
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("minivmm");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (cargo build -p minivmm, or run ./test.sh)",
+        bin.display()
+    );
+    bin
+}
+
+/// The directory with the test guest's `vmlinux`, `bzImage`, `initramfs.cpio` and
+/// `rootfs.ext4`, building them on first use.
+pub fn guest_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Ok(d) = std::env::var("MINIVMM_GUEST_DIR_OUT") {
+            return PathBuf::from(d);
+        }
+        let out = Command::new("bash")
+            .arg(repo_root().join("resources/guest/build.sh"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("running resources/guest/build.sh");
+        assert!(out.status.success(), "resources/guest/build.sh failed");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        PathBuf::from(stdout.lines().last().expect("build.sh printed nothing").trim())
+    })
+}
+
+/// What a finished VM left behind.
+#[derive(Debug)]
+pub struct Finished {
+    /// The exit status (None if it had to be killed at the deadline).
+    pub status: Option<ExitStatus>,
+    /// Everything it wrote to stdout (the guest console).
+    pub stdout: String,
+    /// Everything it wrote to stderr (minivmm's log).
+    pub stderr: String,
+    /// How long it ran.
+    pub elapsed: Duration,
+}
+
+impl Finished {
+    /// The exit code, panicking with the output if it was killed or signalled.
+    pub fn code(&self) -> i32 {
+        match self.status.and_then(|s| s.code()) {
+            Some(c) => c,
+            None => panic!("minivmm did not exit by itself: {self}"),
+        }
+    }
+}
+
+impl std::fmt::Display for Finished {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "status {:?} after {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.status, self.elapsed, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Start minivmm with `args`, stdin from /dev/null.
+pub fn spawn(args: &[&str]) -> Child {
+    Command::new(minivmm_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting minivmm")
+}
+
+/// Wait for `child` until `deadline`, killing it then; collect its output.
+pub fn wait(mut child: Child, deadline: Duration) -> Finished {
+    let start = Instant::now();
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out.read_to_end(&mut s);
+        String::from_utf8_lossy(&s).into_owned()
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        String::from_utf8_lossy(&s).into_owned()
+    });
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Finished {
+        status,
+        stdout: t_out.join().unwrap(),
+        stderr: t_err.join().unwrap(),
+        elapsed: start.elapsed(),
+    }
+}
+
+/// Run minivmm with `args` to the end (or `deadline`).
+pub fn run(args: &[&str], deadline: Duration) -> Finished {
+    wait(spawn(args), deadline)
+}
+
+/// How long a Linux boot may take on this host: generous on PVM hosts, where guest kernel
+/// code is emulated, and overridable with `MINIVMM_TEST_BOOT_TIMEOUT` (seconds).
+pub fn boot_deadline() -> Duration {
+    let secs = std::env::var("MINIVMM_TEST_BOOT_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    Duration::from_secs(secs)
+}
+
+/// A unique scratch directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// Create one whose name starts with `prefix`.
+    pub fn new(prefix: &str) -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("{prefix}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+
+    /// A path inside.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,88 @@
+//! Bad input: each gets one line on stderr naming the problem and exit code 2, before any
+//! VM is created.
+
+use std::time::Duration;
+
+use minivmm_tests::{run, TempDir};
+
+const BAD_INPUT: i32 = 2;
+
+fn bad(args: &[&str], needle: &str) {
+    let f = run(args, Duration::from_secs(30));
+    assert_eq!(f.code(), BAD_INPUT, "{f}");
+    let first = f.stderr.lines().next().unwrap_or("");
+    assert!(first.starts_with("minivmm: "), "{f}");
+    assert!(
+        first.contains(needle),
+        "first stderr line should mention {needle:?}: {f}"
+    );
+    assert!(f.stdout.is_empty(), "{f}");
+}
+
+/// A kernel-sized file that is not a kernel.
+fn text_file(dir: &TempDir) -> String {
+    let p = dir.join("not-a-kernel.txt");
+    std::fs::write(&p, "hello, I am a text file\n".repeat(100)).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn missing_kernel() {
+    bad(&["--kernel", "/nonexistent/vmlinux"], "/nonexistent/vmlinux");
+}
+
+#[test]
+fn text_file_as_kernel() {
+    let d = TempDir::new("minivmm-cli");
+    let k = text_file(&d);
+    bad(&["--kernel", &k], "not-a-kernel.txt");
+}
+
+#[test]
+fn directory_as_kernel() {
+    let d = TempDir::new("minivmm-cli");
+    bad(&["--kernel", &d.0.display().to_string()], "directory");
+}
+
+#[test]
+fn zero_memory() {
+    let d = TempDir::new("minivmm-cli");
+    let k = text_file(&d);
+    bad(&["--kernel", &k, "--memory", "0"], "--memory");
+}
+
+#[test]
+fn memory_above_host_ram() {
+    let d = TempDir::new("minivmm-cli");
+    let k = text_file(&d);
+    bad(&["--kernel", &k, "--memory", "64T"], "more than this host");
+}
+
+#[test]
+fn malformed_memory() {
+    bad(&["--kernel", "x", "--memory", "lots"], "invalid size");
+}
+
+#[test]
+fn unknown_flag() {
+    bad(&["--kernel", "x", "--frobnicate"], "--frobnicate");
+}
+
+#[test]
+fn missing_initrd() {
+    let d = TempDir::new("minivmm-cli");
+    let k = text_file(&d);
+    bad(&["--kernel", &k, "--initrd", "/nonexistent/initrd"], "/nonexistent/initrd");
+}
+
+#[test]
+fn bad_serial_mode() {
+    bad(&["--kernel", "x", "--serial", "tcp:1"], "tcp:1");
+}
+
+#[test]
+fn help_is_not_an_error() {
+    let f = run(&["--help"], Duration::from_secs(30));
+    assert_eq!(f.code(), 0, "{f}");
+    assert!(f.stdout.contains("--kernel"), "{f}");
+}

@@ -1,0 +1,233 @@
+//! The device manager: creates the devices, gives each an address and an interrupt line,
+//! and wires them to KVM.
+//!
+//! - Legacy devices sit at their PC addresses on the port-I/O bus: COM1 at 0x3f8 (IRQ 4),
+//!   the i8042 at 0x60/0x64. The boot timer sits at the start of the MMIO hole.
+//! - Each virtio-mmio device gets the next 4 KiB window above the boot timer and the next
+//!   free IRQ line, and a `virtio_mmio.device=4K@ADDR:IRQ` entry on the kernel command line
+//!   so Linux finds it without ACPI.
+//! - Interrupts are irqfds: a device writes an eventfd, KVM injects the interrupt into the
+//!   in-kernel IOAPIC without a trip through the VMM. Queue notifications are ioeventfds:
+//!   the guest's write to `QueueNotify` signals an eventfd inside KVM, so it costs no
+//!   userspace exit at all.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arch::layout;
+use devices::legacy::{BootTimer, I8042, SerialDevice};
+use devices::virtio::mmio::MmioTransport;
+use devices::virtio::{VirtioDevice, VirtioInterrupt};
+use devices::{EventFdInterrupt, Interrupt};
+use kvm_ioctls::{IoEventAddress, VmFd};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::bus::{Bus, BusError};
+use crate::GuestMemoryMmap;
+
+/// Why a device could not be added.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// Creating an eventfd failed.
+    #[error("creating an eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
+    /// KVM refused an irqfd.
+    #[error("registering irqfd for IRQ {irq}: {source}")]
+    Irqfd {
+        /// The IRQ line.
+        irq: u32,
+        /// KVM's error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// KVM refused an ioeventfd.
+    #[error("registering ioeventfd at {addr:#x}: {source}")]
+    Ioeventfd {
+        /// The notify register address.
+        addr: u64,
+        /// KVM's error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// No address window or IRQ line is left.
+    #[error("too many devices: no {0} left")]
+    Exhausted(&'static str),
+    /// The bus refused the range.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// The transport could not be created.
+    #[error("creating the virtio-mmio transport: {0}")]
+    Transport(#[source] std::io::Error),
+}
+
+/// Where a virtio-mmio device lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MmioSlot {
+    /// Base address of its 4 KiB register window.
+    pub base: u64,
+    /// Its IRQ line (GSI).
+    pub irq: u32,
+}
+
+/// Hands out virtio-mmio windows and IRQ lines from the layout constants.
+#[derive(Debug)]
+pub struct SlotAllocator {
+    next_index: u64,
+    next_irq: u32,
+}
+
+impl Default for SlotAllocator {
+    fn default() -> Self {
+        Self {
+            next_index: 0,
+            next_irq: layout::VIRTIO_IRQ_START,
+        }
+    }
+}
+
+impl SlotAllocator {
+    /// The next free window and line.
+    pub fn allocate(&mut self) -> Result<MmioSlot, DeviceError> {
+        if self.next_index >= layout::VIRTIO_MMIO_MAX_DEVICES {
+            return Err(DeviceError::Exhausted("virtio-mmio window"));
+        }
+        if self.next_irq > layout::IRQ_MAX {
+            return Err(DeviceError::Exhausted("IRQ line"));
+        }
+        let slot = MmioSlot {
+            base: layout::VIRTIO_MMIO_START + self.next_index * layout::VIRTIO_MMIO_SIZE,
+            irq: self.next_irq,
+        };
+        self.next_index += 1;
+        self.next_irq += 1;
+        Ok(slot)
+    }
+}
+
+/// All devices of a VM and the buses they sit on.
+pub struct DeviceManager {
+    /// Port-I/O bus.
+    pub pio: Bus,
+    /// MMIO bus.
+    pub mmio: Bus,
+    /// COM1, shared with the console input handler.
+    pub serial: Arc<Mutex<SerialDevice>>,
+    /// Signalled by the i8042 when the guest asks for a CPU reset.
+    pub reset_evt: EventFd,
+    /// The boot timer, to report the boot time at the end.
+    pub boot_timer: Arc<Mutex<BootTimer>>,
+    /// Command-line entries that describe the virtio devices to Linux.
+    pub cmdline_entries: Vec<String>,
+    slots: SlotAllocator,
+    /// The transports, kept so the device models live as long as the VM.
+    virtio: Vec<Arc<Mutex<MmioTransport>>>,
+}
+
+fn irq_line(vm: &VmFd, irq: u32) -> Result<Arc<dyn Interrupt>, DeviceError> {
+    let evt = EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
+    vm.register_irqfd(&evt, irq)
+        .map_err(|source| DeviceError::Irqfd { irq, source })?;
+    Ok(Arc::new(EventFdInterrupt(evt)))
+}
+
+impl DeviceManager {
+    /// Create the legacy devices: COM1 writing to `serial_out`, the i8042, the boot timer.
+    pub fn new(
+        vm: &VmFd,
+        serial_out: Box<dyn std::io::Write + Send>,
+        start: Instant,
+    ) -> Result<Self, DeviceError> {
+        let mut pio = Bus::new();
+        let mut mmio = Bus::new();
+
+        let serial = Arc::new(Mutex::new(SerialDevice::new(
+            irq_line(vm, layout::COM1_IRQ)?,
+            serial_out,
+        )));
+        pio.insert(serial.clone(), layout::COM1_PORT.into(), 8)?;
+
+        let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
+        let i8042 = I8042::new(reset_evt.try_clone().map_err(DeviceError::EventFd)?);
+        pio.insert(Arc::new(Mutex::new(i8042)), layout::I8042_PORT.into(), 5)?;
+
+        let boot_timer = Arc::new(Mutex::new(BootTimer::new(start)));
+        mmio.insert(
+            boot_timer.clone(),
+            layout::BOOT_TIMER_START,
+            layout::BOOT_TIMER_SIZE,
+        )?;
+
+        Ok(Self {
+            pio,
+            mmio,
+            serial,
+            reset_evt,
+            boot_timer,
+            cmdline_entries: Vec::new(),
+            slots: SlotAllocator::default(),
+            virtio: Vec::new(),
+        })
+    }
+
+    /// Put a virtio device behind a new virtio-mmio transport: allocate its window and IRQ,
+    /// wire the irqfd and one ioeventfd per queue, and describe it on the command line.
+    pub fn add_virtio(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+        device: Box<dyn VirtioDevice>,
+    ) -> Result<MmioSlot, DeviceError> {
+        let slot = self.slots.allocate()?;
+        let interrupt = Arc::new(VirtioInterrupt::new(irq_line(vm, slot.irq)?));
+        let transport =
+            MmioTransport::new(mem.clone(), device, interrupt).map_err(DeviceError::Transport)?;
+        let notify = slot.base + devices::virtio::mmio::QUEUE_NOTIFY_OFFSET;
+        for (index, evt) in transport.queue_events().iter().enumerate() {
+            vm.register_ioevent(evt, &IoEventAddress::Mmio(notify), index as u32)
+                .map_err(|source| DeviceError::Ioeventfd {
+                    addr: notify,
+                    source,
+                })?;
+        }
+        let transport = Arc::new(Mutex::new(transport));
+        self.mmio
+            .insert(transport.clone(), slot.base, layout::VIRTIO_MMIO_SIZE)?;
+        self.virtio.push(transport);
+        self.cmdline_entries.push(format!(
+            "virtio_mmio.device=4K@{:#x}:{}",
+            slot.base, slot.irq
+        ));
+        Ok(slot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocator_hands_out_windows_and_irqs_in_order() {
+        let mut a = SlotAllocator::default();
+        let s0 = a.allocate().unwrap();
+        let s1 = a.allocate().unwrap();
+        assert_eq!(s0.base, layout::VIRTIO_MMIO_START);
+        assert_eq!(s0.irq, layout::VIRTIO_IRQ_START);
+        assert_eq!(s1.base, layout::VIRTIO_MMIO_START + layout::VIRTIO_MMIO_SIZE);
+        assert_eq!(s1.irq, layout::VIRTIO_IRQ_START + 1);
+        // Windows stay below the IOAPIC.
+        assert!(
+            layout::VIRTIO_MMIO_START + layout::VIRTIO_MMIO_MAX_DEVICES * layout::VIRTIO_MMIO_SIZE
+                <= layout::IOAPIC_START
+        );
+    }
+
+    #[test]
+    fn allocator_runs_out_of_irqs() {
+        let mut a = SlotAllocator::default();
+        let lines = layout::IRQ_MAX - layout::VIRTIO_IRQ_START + 1;
+        for _ in 0..lines {
+            a.allocate().unwrap();
+        }
+        assert!(matches!(a.allocate(), Err(DeviceError::Exhausted("IRQ line"))));
+    }
+}

@@ -1,0 +1,136 @@
+//! Guest RAM: anonymous host memory mapped into the guest's physical address space.
+//!
+//! minivmm allocates the guest's RAM with vm-memory (one private anonymous mapping per
+//! region) and tells KVM where it is with `KVM_SET_USER_MEMORY_REGION`: guest physical
+//! address X is then host virtual address `region.host_base + (X - region.guest_base)`.
+//! RAM that would overlap the 32-bit MMIO hole (devices, IOAPIC, LAPIC) continues at 4 GiB;
+//! `boot::e820::ram_regions` computes the split.
+//!
+//! Every access the VMM makes on the guest's behalf goes through vm-memory's checked
+//! accessors, which refuse addresses outside these regions: that is what keeps an
+//! untrusted guest's pointers from reaching host memory.
+
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::VmFd;
+use vm_memory::{GuestMemory, GuestMemoryRegion};
+
+use crate::GuestMemoryMmap;
+
+/// The smallest guest minivmm will build (a kernel and its page tables need room).
+pub const MIN_MEMORY: u64 = 16 << 20;
+
+/// Why guest memory could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// Below [`MIN_MEMORY`].
+    #[error("--memory {0} bytes is too small: at least {min} MiB is needed", min = MIN_MEMORY >> 20)]
+    TooSmall(u64),
+    /// More than the host has.
+    #[error("--memory {asked} MiB is more than this host's {host} MiB of RAM")]
+    TooLarge {
+        /// MiB asked for.
+        asked: u64,
+        /// MiB the host has.
+        host: u64,
+    },
+    /// Not a multiple of the page size.
+    #[error("--memory {0} bytes is not a multiple of 4 KiB")]
+    Unaligned(u64),
+    /// mmap failed.
+    #[error("allocating guest RAM: {0}")]
+    Mmap(#[source] vm_memory::mmap::FromRangesError),
+    /// KVM refused a region.
+    #[error("KVM_SET_USER_MEMORY_REGION for slot {slot}: {source}")]
+    Register {
+        /// The memory slot.
+        slot: u32,
+        /// KVM's error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+}
+
+impl MemoryError {
+    /// Whether this is the user's mistake rather than the host's.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            MemoryError::TooSmall(_) | MemoryError::TooLarge { .. } | MemoryError::Unaligned(_)
+        )
+    }
+}
+
+/// The host's RAM in bytes, from /proc/meminfo (None if it cannot be read).
+pub fn host_ram() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// Check `size` against the limits: at least [`MIN_MEMORY`], page aligned, at most the
+/// host's RAM (`host`).
+pub fn check_size(size: u64, host: Option<u64>) -> Result<(), MemoryError> {
+    if size < MIN_MEMORY {
+        return Err(MemoryError::TooSmall(size));
+    }
+    if size % 4096 != 0 {
+        return Err(MemoryError::Unaligned(size));
+    }
+    if let Some(host) = host {
+        if size > host {
+            return Err(MemoryError::TooLarge {
+                asked: size >> 20,
+                host: host >> 20,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Allocate `size` bytes of guest RAM, split around the MMIO hole.
+pub fn create(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
+    check_size(size, host_ram())?;
+    GuestMemoryMmap::from_ranges(&boot::e820::ram_regions(size)).map_err(MemoryError::Mmap)
+}
+
+/// Tell KVM about every region of `mem`, one memory slot each.
+pub fn register(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
+    for (slot, region) in mem.iter().enumerate() {
+        let slot = slot as u32;
+        let r = kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+        };
+        // SAFETY: the region is a live mapping owned by `mem`, which outlives the VM's use
+        // of it (every vCPU and device holds a clone), and regions do not overlap.
+        unsafe { vm.set_user_memory_region(r) }
+            .map_err(|source| MemoryError::Register { slot, source })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_limits() {
+        assert!(matches!(check_size(0, None), Err(MemoryError::TooSmall(0))));
+        assert!(matches!(check_size(4095 + (16 << 20), None), Err(MemoryError::Unaligned(_))));
+        assert!(matches!(
+            check_size(8 << 30, Some(4 << 30)),
+            Err(MemoryError::TooLarge { asked: 8192, host: 4096 })
+        ));
+        assert!(check_size(256 << 20, Some(4 << 30)).is_ok());
+        assert!(check_size(256 << 20, None).is_ok());
+    }
+
+    #[test]
+    fn host_ram_is_readable() {
+        assert!(host_ram().unwrap() > MIN_MEMORY);
+    }
+}

@@ -1,0 +1,360 @@
+//! A vCPU: its boot state, and the run loop that turns KVM exits into bus accesses.
+//!
+//! `KVM_RUN` executes guest code until something needs the VMM: an I/O port or MMIO
+//! access that no in-kernel device handles, a shutdown (triple fault), or an error. Each
+//! vCPU runs this loop on its own thread; the buses are shared. When the VM must stop,
+//! the main thread sets [`VcpuControl::stop`] and kicks every vCPU thread with a signal,
+//! which makes `KVM_RUN` return `EINTR`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use kvm_bindings::{kvm_lapic_state, Msrs};
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::bus::Bus;
+use crate::stats::Stats;
+use crate::{ExitSlot, GuestMemoryMmap, VmOutcome};
+
+/// Why a vCPU could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    /// A KVM vCPU ioctl failed.
+    #[error("vCPU {index}: {what} failed: {source}")]
+    Kvm {
+        /// vCPU index.
+        index: u8,
+        /// The operation.
+        what: &'static str,
+        /// The error from KVM.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// Writing the boot GDT/page tables failed.
+    #[error("vCPU {0}: setting up boot registers: {1}")]
+    Regs(u8, String),
+}
+
+/// State shared by the main thread and all vCPU threads.
+#[derive(Default)]
+pub struct VcpuControl {
+    /// Set by the main thread when the VM is ending.
+    pub stop: AtomicBool,
+}
+
+/// The signal used to kick a vCPU thread out of `KVM_RUN`.
+pub fn kick_signal() -> i32 {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+extern "C" fn noop_handler(_: i32, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Install the (empty) handler for [`kick_signal`]: its only job is to interrupt `KVM_RUN`.
+pub fn install_kick_handler() -> std::io::Result<()> {
+    vmm_sys_util::signal::register_signal_handler(kick_signal(), noop_handler)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+}
+
+/// LAPIC register offsets for the local interrupt pins.
+const APIC_LVT_LINT0: usize = 0x350;
+const APIC_LVT_LINT1: usize = 0x360;
+/// Delivery modes (bits 10:8 of an LVT entry).
+const APIC_MODE_NMI: u32 = 0x4;
+const APIC_MODE_EXTINT: u32 = 0x7;
+
+fn lapic_reg(l: &kvm_lapic_state, off: usize) -> u32 {
+    let b = &l.regs[off..off + 4];
+    u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8])
+}
+
+fn set_lapic_reg(l: &mut kvm_lapic_state, off: usize, v: u32) {
+    for (i, byte) in v.to_le_bytes().iter().enumerate() {
+        l.regs[off + i] = *byte as _;
+    }
+}
+
+/// Wire LINT0 to ExtINT (the legacy PIC's output, as on a PC) and LINT1 to NMI. Linux's
+/// virtual-wire mode expects this wiring when it boots without ACPI.
+fn set_lint(l: &mut kvm_lapic_state) {
+    let lint0 = lapic_reg(l, APIC_LVT_LINT0);
+    set_lapic_reg(l, APIC_LVT_LINT0, (lint0 & !0x700) | (APIC_MODE_EXTINT << 8));
+    let lint1 = lapic_reg(l, APIC_LVT_LINT1);
+    set_lapic_reg(l, APIC_LVT_LINT1, (lint1 & !0x700) | (APIC_MODE_NMI << 8));
+}
+
+/// One vCPU and what its run loop needs.
+pub struct Vcpu {
+    fd: VcpuFd,
+    index: u8,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    mem: GuestMemoryMmap,
+    stats: Option<Arc<Stats>>,
+}
+
+/// What [`Vcpu::configure`] needs to know about the machine.
+pub struct BootSetup<'a> {
+    /// CPUID as KVM supports it; each vCPU gets its own copy, edited.
+    pub cpuid: &'a kvm_bindings::CpuId,
+    /// CPUID template.
+    pub template: arch::cpuid::CpuTemplate,
+    /// Number of vCPUs in the VM.
+    pub num_cpus: u8,
+    /// Kernel entry point (boot CPU only).
+    pub entry: GuestAddress,
+}
+
+impl Vcpu {
+    /// Create vCPU `index` in `vm`.
+    pub fn new(
+        vm: &VmFd,
+        index: u8,
+        pio: Arc<Bus>,
+        mmio: Arc<Bus>,
+        mem: GuestMemoryMmap,
+        stats: Option<Arc<Stats>>,
+    ) -> Result<Self, VcpuError> {
+        let fd = vm.create_vcpu(index.into()).map_err(|source| VcpuError::Kvm {
+            index,
+            what: "KVM_CREATE_VCPU",
+            source,
+        })?;
+        Ok(Self {
+            fd,
+            index,
+            pio,
+            mmio,
+            mem,
+            stats,
+        })
+    }
+
+    /// The KVM vCPU, for callers that set up their own state (tests with tiny guests).
+    pub fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
+    fn kvm_err(&self, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
+        let index = self.index;
+        move |source| VcpuError::Kvm {
+            index,
+            what,
+            source,
+        }
+    }
+
+    /// Give the vCPU its CPUID, MSRs and LAPIC wiring; the boot CPU also gets the 64-bit
+    /// entry state (registers, segments, page tables). Application processors stay in
+    /// their reset state: the in-kernel LAPIC starts them when the boot CPU sends
+    /// INIT/SIPI.
+    pub fn configure(&self, setup: &BootSetup) -> Result<(), VcpuError> {
+        let mut cpuid = setup.cpuid.clone();
+        arch::cpuid::setup_cpuid(
+            &mut cpuid,
+            setup.template,
+            self.index.into(),
+            setup.num_cpus.into(),
+        );
+        self.fd.set_cpuid2(&cpuid).map_err(self.kvm_err("KVM_SET_CPUID2"))?;
+
+        let entries = arch::msr::boot_msrs();
+        let msrs = Msrs::from_entries(&entries)
+            .map_err(|e| VcpuError::Regs(self.index, format!("MSR list: {e:?}")))?;
+        let n = self.fd.set_msrs(&msrs).map_err(self.kvm_err("KVM_SET_MSRS"))?;
+        if n != entries.len() {
+            log::warn!(
+                "vCPU {}: KVM accepted {n} of {} boot MSRs",
+                self.index,
+                entries.len()
+            );
+        }
+
+        let mut lapic = self.fd.get_lapic().map_err(self.kvm_err("KVM_GET_LAPIC"))?;
+        set_lint(&mut lapic);
+        self.fd.set_lapic(&lapic).map_err(self.kvm_err("KVM_SET_LAPIC"))?;
+
+        if self.index == 0 {
+            let sregs = self.fd.get_sregs().map_err(self.kvm_err("KVM_GET_SREGS"))?;
+            let sregs = arch::regs::boot_sregs(&self.mem, sregs)
+                .map_err(|e| VcpuError::Regs(self.index, e.to_string()))?;
+            self.fd.set_sregs(&sregs).map_err(self.kvm_err("KVM_SET_SREGS"))?;
+            self.fd
+                .set_fpu(&arch::regs::boot_fpu())
+                .map_err(self.kvm_err("KVM_SET_FPU"))?;
+            let regs = arch::regs::boot_regs(setup.entry.0, arch::layout::ZERO_PAGE_START);
+            self.fd.set_regs(&regs).map_err(self.kvm_err("KVM_SET_REGS"))?;
+        }
+        Ok(())
+    }
+
+    fn count(&self, reason: &'static str) {
+        if let Some(s) = &self.stats {
+            s.exit(reason);
+        }
+    }
+
+    /// Run the guest until it resets, powers off, crashes, or `control.stop` is set.
+    /// The outcome goes to `exit` (the first outcome of any vCPU wins).
+    pub fn run(mut self, control: Arc<VcpuControl>, exit: Arc<ExitSlot>) {
+        let outcome = self.run_loop(&control);
+        if let Some(o) = outcome {
+            exit.set(o);
+        }
+    }
+
+    fn run_loop(&mut self, control: &VcpuControl) -> Option<VmOutcome> {
+        loop {
+            if control.stop.load(Ordering::Acquire) {
+                return None;
+            }
+            let exit = self.fd.run();
+            let stats = self.stats.clone();
+            match exit {
+                Ok(VcpuExit::IoIn(port, data)) => {
+                    if let Some(s) = &stats {
+                        s.exit("io-in");
+                        s.pio(port);
+                    }
+                    self.pio.read(port.into(), data);
+                }
+                Ok(VcpuExit::IoOut(port, data)) => {
+                    if let Some(s) = &stats {
+                        s.exit("io-out");
+                        s.pio(port);
+                    }
+                    self.pio.write(port.into(), data);
+                }
+                Ok(VcpuExit::MmioRead(addr, data)) => {
+                    if let Some(s) = &stats {
+                        s.exit("mmio-read");
+                        s.mmio(addr);
+                    }
+                    self.mmio.read(addr, data);
+                }
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    if let Some(s) = &stats {
+                        s.exit("mmio-write");
+                        s.mmio(addr);
+                    }
+                    self.mmio.write(addr, data);
+                }
+                Ok(VcpuExit::Hlt) => {
+                    // With the in-kernel irqchip KVM handles HLT itself; a HLT exit means
+                    // the vCPU halted with interrupts it can never get: treat as power off.
+                    self.count("hlt");
+                    log::info!("vCPU {} halted", self.index);
+                    return Some(VmOutcome::PowerOff);
+                }
+                Ok(VcpuExit::Shutdown) => {
+                    self.count("shutdown");
+                    return Some(VmOutcome::Crash(format!(
+                        "vCPU {}: triple fault (KVM_EXIT_SHUTDOWN){}",
+                        self.index,
+                        self.where_am_i()
+                    )));
+                }
+                Ok(VcpuExit::SystemEvent(kind, _)) => {
+                    self.count("system-event");
+                    return Some(match kind {
+                        kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => VmOutcome::PowerOff,
+                        kvm_bindings::KVM_SYSTEM_EVENT_RESET => VmOutcome::Reset,
+                        other => VmOutcome::Crash(format!(
+                            "vCPU {}: system event {other}",
+                            self.index
+                        )),
+                    });
+                }
+                Ok(VcpuExit::InternalError) => {
+                    self.count("internal-error");
+                    // SAFETY: for KVM_EXIT_INTERNAL_ERROR the kernel filled the `internal`
+                    // member of the exit union.
+                    let internal = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal };
+                    let what = match internal.suberror {
+                        kvm_bindings::KVM_INTERNAL_ERROR_EMULATION => "emulation failure",
+                        kvm_bindings::KVM_INTERNAL_ERROR_SIMUL_EX => "exception while delivering one",
+                        kvm_bindings::KVM_INTERNAL_ERROR_DELIVERY_EV => "event delivery failure",
+                        _ => "internal error",
+                    };
+                    return Some(VmOutcome::Crash(format!(
+                        "vCPU {}: KVM internal error, suberror {} ({what}){}",
+                        self.index,
+                        internal.suberror,
+                        self.where_am_i()
+                    )));
+                }
+                Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                    self.count("fail-entry");
+                    return Some(VmOutcome::Crash(format!(
+                        "vCPU {}: VM entry failed, hardware reason {reason:#x} on host CPU {cpu}",
+                        self.index
+                    )));
+                }
+                Ok(VcpuExit::Intr) => self.count("intr"),
+                Ok(other) => {
+                    self.count("other");
+                    return Some(VmOutcome::Crash(format!(
+                        "vCPU {}: unexpected KVM exit {other:?}",
+                        self.index
+                    )));
+                }
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    self.count("intr");
+                }
+                Err(e) => {
+                    return Some(VmOutcome::Crash(format!(
+                        "vCPU {}: KVM_RUN failed: {e}",
+                        self.index
+                    )));
+                }
+            }
+        }
+    }
+
+    /// " at RIP ... (code: ...)" for crash messages: the guest's instruction pointer and
+    /// the bytes there, found by translating RIP through the guest's page tables.
+    fn where_am_i(&self) -> String {
+        let Ok(regs) = self.fd.get_regs() else {
+            return String::new();
+        };
+        let mut s = format!(" at RIP {:#x}", regs.rip);
+        if let Ok(sregs) = self.fd.get_sregs() {
+            s += &format!(" (CS {:#x}, CR0 {:#x})", sregs.cs.selector, sregs.cr0);
+        }
+        if let Ok(t) = self.fd.translate_gva(regs.rip) {
+            if t.valid != 0 {
+                let mut code = [0u8; 16];
+                // Read as much as lies inside guest RAM; bytes past the end stay zero.
+                let n = (0..code.len())
+                    .take_while(|&i| {
+                        self.mem
+                            .read_slice(&mut code[i..i + 1], GuestAddress(t.physical_address + i as u64))
+                            .is_ok()
+                    })
+                    .count();
+                if n > 0 {
+                    s += &format!(", code: {}", hex(&code[..n]));
+                }
+            }
+        }
+        s
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lint_wiring() {
+        let mut l = kvm_lapic_state::default();
+        set_lapic_reg(&mut l, APIC_LVT_LINT0, 0x0001_0000); // masked, fixed
+        set_lint(&mut l);
+        assert_eq!(lapic_reg(&l, APIC_LVT_LINT0), 0x0001_0700);
+        assert_eq!(lapic_reg(&l, APIC_LVT_LINT1), 0x0000_0400);
+    }
+}
