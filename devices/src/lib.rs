@@ -30,4 +30,6 @@ impl Interrupt for EventFdInterrupt {
     }
 }
 
+pub mod legacy;
+pub mod ratelimit;
 pub mod virtio;

@@ -14,6 +14,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::Interrupt;
 
+pub mod mmio;
+
 pub mod net;
 
 /// Guest memory as devices see it.
