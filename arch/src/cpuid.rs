@@ -248,6 +248,9 @@ fn write_topology_leaf(cpuid: &mut CpuId, function: u32, cpu_index: u32, num_cpu
 /// applying `template` (see the module docs for every edit and why).
 pub fn setup_cpuid(cpuid: &mut CpuId, template: CpuTemplate, cpu_index: u32, num_cpus: u32) {
     let num_cpus = num_cpus.max(1);
+    if template == CpuTemplate::Pvm && cpu_index == 0 {
+        log::info!("CPU template pvm: CPUID leaf 1 ECX reduced, leaves 7 and 0xD cleared");
+    }
     let has = |cpuid: &CpuId, f: u32| cpuid.as_slice().iter().any(|e| e.function == f);
     let has_0b = has(cpuid, 0xb);
     let has_1f = has(cpuid, 0x1f);
@@ -277,7 +280,8 @@ pub fn setup_cpuid(cpuid: &mut CpuId, template: CpuTemplate, cpu_index: u32, num
                         | LEAF1_ECX_HYPERVISOR;
                 }
             }
-            4 => {
+            // Subleaves with cache type 0 (EAX 4:0) end the list: left as they are.
+            4 if e.eax & 0x1f != 0 => {
                 let level = (e.eax >> 5) & 0x7;
                 let sharing = if level >= 3 { num_cpus - 1 } else { 0 };
                 set_bits(&mut e.eax, 31, 26, (num_cpus - 1).min(0x3f));
@@ -332,6 +336,7 @@ mod tests {
             leaf(4, 1, [0xfc00_4122, 0x01c0_003f, 0x3f, 0]), // L1i
             leaf(4, 2, [0xfc01_c143, 0x03c0_003f, 0x7ff, 0]), // L2
             leaf(4, 3, [0xfc3f_c163, 0x0380_003f, 0xffff, 6]), // L3
+            leaf(4, 4, [0, 0, 0, 0]),                        // end of list
             leaf(6, 0, [0x77, 2, 9, 0]),
             leaf(7, 0, [2, 0xf3bf_b7ff, 0x1bc0_5ffe, 0xbc18_4410]),
             leaf(7, 1, [0x1c30, 0, 0, 0]),
@@ -376,6 +381,11 @@ mod tests {
             assert_eq!(sharing, if sub == 3 { n - 1 } else { 0 });
             assert_eq!(l4.eax & 0x3fff, get(&fake_table(), 4, sub).eax & 0x3fff);
         }
+        assert_eq!(
+            get(c, 4, 4),
+            leaf(4, 4, [0; 4]),
+            "null cache subleaf untouched"
+        );
         assert_eq!(get(c, 6, 0), leaf(6, 0, [0; 4]));
         for f in [0xb, 0x1f] {
             let smt = get(c, f, 0);
