@@ -14,6 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::Interrupt;
 
+pub mod block;
 pub mod mmio;
 
 pub mod net;
