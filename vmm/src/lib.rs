@@ -16,6 +16,7 @@ pub mod config;
 pub mod device_manager;
 pub mod event_loop;
 pub mod memory;
+pub mod network;
 pub mod stats;
 pub mod terminal;
 pub mod vcpu;

@@ -156,6 +156,17 @@ impl Tap {
     /// A tap created here is not persistent: it disappears when the last fd to it (this
     /// `Tap` and its [`try_clone`](Tap::try_clone)s) is closed.
     pub fn open(name: &str) -> Result<Tap, TapError> {
+        Self::open_with_flags(name, 0)
+    }
+
+    /// Create a new TAP called `name`; unlike [`open`](Tap::open), fail (`EBUSY`) if an
+    /// interface of that name already exists rather than attach to it. The TAP is not
+    /// persistent: it is removed when its last fd is closed.
+    pub fn create(name: &str) -> Result<Tap, TapError> {
+        Self::open_with_flags(name, libc::IFF_TUN_EXCL)
+    }
+
+    fn open_with_flags(name: &str, extra_flags: libc::c_int) -> Result<Tap, TapError> {
         validate_name(name)?;
         let file = OpenOptions::new()
             .read(true)
@@ -165,8 +176,9 @@ impl Tap {
             .map_err(TapError::OpenTun)?;
 
         let mut ifr = ifreq_with_name(name);
+        // IFF_TUN_EXCL is 0x8000: it does not fit a positive c_short, the cast keeps the bits.
         ifr.ifr_ifru.ifru_flags =
-            (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+            (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR | extra_flags) as libc::c_short;
         // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, and `ifr` is one, alive for
         // the duration of the call. The fd is ours.
         let ret = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut ifr) };
@@ -297,8 +309,14 @@ mod tests {
         assert!(e.contains("at most 15 bytes"), "{e}");
         assert!(validate_name("fifteen-chars-x").is_ok());
         assert!(matches!(validate_name(""), Err(TapError::InvalidName(_))));
-        assert!(matches!(validate_name("a/b"), Err(TapError::InvalidName(_))));
-        assert!(matches!(validate_name("a b"), Err(TapError::InvalidName(_))));
+        assert!(matches!(
+            validate_name("a/b"),
+            Err(TapError::InvalidName(_))
+        ));
+        assert!(matches!(
+            validate_name("a b"),
+            Err(TapError::InvalidName(_))
+        ));
         assert!(matches!(validate_name(".."), Err(TapError::InvalidName(_))));
         assert!(validate_name("tap%d").is_ok());
     }

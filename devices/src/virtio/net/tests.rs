@@ -621,7 +621,9 @@ fn tx_gathers_a_chain_into_one_frame() {
     let mut txq = g.txq;
     let f = frame(100, 7);
     g.mem.write_slice(&f[..12], GuestAddress(0x30000)).unwrap();
-    g.mem.write_slice(&f[12..72], GuestAddress(0x31000)).unwrap();
+    g.mem
+        .write_slice(&f[12..72], GuestAddress(0x31000))
+        .unwrap();
     g.mem.write_slice(&f[72..], GuestAddress(0x32000)).unwrap();
     let head = txq.add_chain(
         &g.mem,
@@ -659,10 +661,7 @@ fn tx_malformed_chains_are_dropped_and_returned() {
         // A buffer past the end of guest memory.
         txq.add_chain(&g.mem, &[(MEM_SIZE as u64 - 10, 76, false)]),
         // Longer than 64 KiB + header.
-        txq.add_chain(
-            &g.mem,
-            &[(0x40000, 40000, false), (0x50000, 40000, false)],
-        ),
+        txq.add_chain(&g.mem, &[(0x40000, 40000, false), (0x50000, 40000, false)]),
         // Shorter than the header.
         txq.add_chain(&g.mem, &[(0x30000, 8, false)]),
         // A buffer whose address + length wraps around.
@@ -869,7 +868,12 @@ fn real_tap_arp_round_trip() {
     std::thread::spawn(|| {
         // SAFETY: unshare only changes this thread's network namespace.
         let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(r, 0, "unshare(CLONE_NEWNET): {}", io::Error::last_os_error());
+        assert_eq!(
+            r,
+            0,
+            "unshare(CLONE_NEWNET): {}",
+            io::Error::last_os_error()
+        );
 
         let tap = Tap::create_unnamed().unwrap();
         assert!(tap.if_name().starts_with("tap"), "{}", tap.if_name());

@@ -15,8 +15,8 @@
 //! to the guest with length 0, counted, and logged through the rate limiter.
 
 use std::io;
-use std::os::fd::AsRawFd;
 use std::ops::Range;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use virtio_bindings::virtio_net::{
@@ -177,9 +177,11 @@ impl Worker {
             (worker.rx_evt.as_raw_fd(), TOKEN_RX_QUEUE),
             (worker.tx_evt.as_raw_fd(), TOKEN_TX_QUEUE),
         ] {
-            worker
-                .epoll
-                .ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token))?;
+            worker.epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )?;
         }
         Ok(worker)
     }
