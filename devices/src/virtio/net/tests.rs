@@ -929,3 +929,40 @@ fn real_tap_arp_round_trip() {
     .join()
     .unwrap();
 }
+
+#[test]
+fn broken_rings_neither_hang_nor_panic() {
+    let g = Guest::new();
+    let (backend, peer) = backend_pair(0);
+    peer.set_nonblocking(true).unwrap();
+    let (mut w, _) = g.worker(BASE_FEATURES, backend);
+    // A descriptor that chains to itself: the walk stops after queue-size steps.
+    let at = TX_RING;
+    g.mem.write_obj(0x30000u64, GuestAddress(at)).unwrap();
+    g.mem.write_obj(100u32, GuestAddress(at + 8)).unwrap();
+    g.mem
+        .write_obj(VRING_DESC_F_NEXT, GuestAddress(at + 12))
+        .unwrap();
+    g.mem.write_obj(0u16, GuestAddress(at + 14)).unwrap();
+    let txq = g.txq;
+    g.mem.write_obj(0u16, GuestAddress(txq.avail + 4)).unwrap();
+    g.mem.write_obj(1u16, GuestAddress(txq.avail + 2)).unwrap();
+    w.handle_tx();
+    assert_eq!(txq.used_idx(&g.mem), 1);
+    assert_eq!(txq.used_elem(&g.mem, 0), (0, 0));
+
+    // An available index far ahead of what the queue can hold: nothing is processed.
+    g.mem
+        .write_obj(1u16.wrapping_add(QSIZE + 1), GuestAddress(txq.avail + 2))
+        .unwrap();
+    w.handle_tx();
+    assert_eq!(txq.used_idx(&g.mem), 1);
+    let rxq = g.rxq;
+    g.mem
+        .write_obj(QSIZE + 5, GuestAddress(rxq.avail + 2))
+        .unwrap();
+    peer.send(&frame(60, 0)).unwrap();
+    w.handle_rx();
+    assert_eq!(rxq.used_idx(&g.mem), 0);
+    assert!(!w.backend_polled);
+}

@@ -23,7 +23,7 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
     VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_MRG_RXBUF,
 };
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
@@ -319,7 +319,7 @@ impl Worker {
     /// Pop and validate one RX chain; a malformed one goes straight back with length 0.
     /// Returns `false` when the guest offers no more chains.
     fn pop_rx_chain(&mut self, used: &mut bool) -> bool {
-        let Some(chain) = self.rx.pop_descriptor_chain(&self.mem) else {
+        let Some(chain) = pop_chain(&mut self.rx, &self.mem, RX_QUEUE) else {
             return false;
         };
         let head = chain.head_index();
@@ -424,7 +424,7 @@ impl Worker {
     pub(super) fn process_tx(&mut self) -> bool {
         let mut used = false;
         for _ in 0..BATCH {
-            let Some(chain) = self.tx.pop_descriptor_chain(&self.mem) else {
+            let Some(chain) = pop_chain(&mut self.tx, &self.mem, TX_QUEUE) else {
                 return used;
             };
             let head = chain.head_index();
@@ -465,6 +465,32 @@ impl Worker {
             add_used(&mut self.rx, &self.mem, queue, head, len);
         } else {
             add_used(&mut self.tx, &self.mem, queue, head, len);
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // A frame held for want of RX buffers dies with the worker (device reset).
+        if self.rx_pending.is_some() {
+            NetStats::add(&self.stats.rx_dropped, 1);
+        }
+    }
+}
+
+/// The next available chain of `q`. Unlike `Queue::pop_descriptor_chain`, a broken
+/// available ring (an index the guest moved too far) is logged through the rate limiter,
+/// since the guest can make it happen at every notification.
+fn pop_chain<'a>(
+    q: &mut Queue,
+    mem: &'a GuestMemoryMmap,
+    queue: usize,
+) -> Option<DescriptorChain<&'a GuestMemoryMmap>> {
+    match q.iter(mem) {
+        Ok(mut iter) => iter.next(),
+        Err(e) => {
+            crate::warn_ratelimited!("virtio-net: queue {queue}: bad available ring: {e}");
+            None
         }
     }
 }
