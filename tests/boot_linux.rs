@@ -12,7 +12,14 @@ fn boot(kernel: &str, run_cmd: &str, extra: &[&str]) -> Finished {
     let initrd = dir.join("initramfs.cpio").display().to_string();
     let cmdline = format!("minivmm_run=\"{run_cmd}\"");
     let mut args = vec![
-        "--kernel", &kernel, "--initrd", &initrd, "--cmdline", &cmdline, "--log-level", "info",
+        "--kernel",
+        &kernel,
+        "--initrd",
+        &initrd,
+        "--cmdline",
+        &cmdline,
+        "--log-level",
+        "info",
     ];
     args.extend_from_slice(extra);
     run(&args, boot_deadline())
@@ -20,10 +27,19 @@ fn boot(kernel: &str, run_cmd: &str, extra: &[&str]) -> Finished {
 
 fn assert_clean_boot(f: &Finished) {
     assert_eq!(f.code(), 0, "{f}");
-    assert!(f.stdout.contains("Linux version 6.1"), "kernel banner missing: {f}");
+    assert!(
+        f.stdout.contains("Linux version 6.1"),
+        "kernel banner missing: {f}"
+    );
     assert!(f.stdout.contains(MARKER), "init marker missing: {f}");
-    assert!(f.stdout.contains("computed 42"), "the command's output is missing: {f}");
-    assert!(f.stderr.contains("guest boot time: "), "boot timer line missing: {f}");
+    assert!(
+        f.stdout.contains("computed 42"),
+        "the command's output is missing: {f}"
+    );
+    assert!(
+        f.stderr.contains("guest boot time: "),
+        "boot timer line missing: {f}"
+    );
 }
 
 #[test]
@@ -43,7 +59,10 @@ fn stats_are_printed() {
     let f = boot("vmlinux", "echo computed $((6*7)); reboot -f", &["--stats"]);
     assert_clean_boot(&f);
     assert!(f.stderr.contains("KVM exits by reason"), "{f}");
-    assert!(f.stderr.contains("0x03f8") || f.stderr.contains("0x03fd"), "{f}");
+    assert!(
+        f.stderr.contains("0x03f8") || f.stderr.contains("0x03fd"),
+        "{f}"
+    );
 }
 
 #[test]
@@ -51,7 +70,10 @@ fn guest_panic_ends_the_vm() {
     // init exits: the kernel panics ("Attempted to kill init"), and with the default
     // panic=1 it reboots one second later, which ends minivmm with 0 (see README).
     let f = boot("vmlinux", "exit 0", &["--cmdline", "rdinit=/bin/true"]);
-    assert!(f.status.is_some(), "minivmm did not end after the panic: {f}");
+    assert!(
+        f.status.is_some(),
+        "minivmm did not end after the panic: {f}"
+    );
     assert!(f.stdout.contains("Kernel panic"), "{f}");
     assert_eq!(f.code(), 0, "{f}");
 }

@@ -28,7 +28,10 @@ fn text_file(dir: &TempDir) -> String {
 
 #[test]
 fn missing_kernel() {
-    bad(&["--kernel", "/nonexistent/vmlinux"], "/nonexistent/vmlinux");
+    bad(
+        &["--kernel", "/nonexistent/vmlinux"],
+        "/nonexistent/vmlinux",
+    );
 }
 
 #[test]
@@ -72,7 +75,10 @@ fn unknown_flag() {
 fn missing_initrd() {
     let d = TempDir::new("minivmm-cli");
     let k = text_file(&d);
-    bad(&["--kernel", &k, "--initrd", "/nonexistent/initrd"], "/nonexistent/initrd");
+    bad(
+        &["--kernel", &k, "--initrd", "/nonexistent/initrd"],
+        "/nonexistent/initrd",
+    );
 }
 
 #[test]

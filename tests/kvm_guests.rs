@@ -88,7 +88,10 @@ fn run(m: Machine, setup: impl FnOnce(&Vcpu, &GuestMemoryMmap)) -> (VmOutcome, M
     let t = std::thread::spawn(move || vcpu.run(c, e));
     let deadline = Instant::now() + Duration::from_secs(60);
     while !t.is_finished() {
-        assert!(Instant::now() < deadline, "tiny guest did not finish in 60 s");
+        assert!(
+            Instant::now() < deadline,
+            "tiny guest did not finish in 60 s"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     t.join().unwrap();
@@ -154,14 +157,20 @@ fn long_mode_guest_uses_mmio_and_resets() {
         let sregs = arch::regs::boot_sregs(mem, v.fd().get_sregs().unwrap()).unwrap();
         v.fd().set_sregs(&sregs).unwrap();
         v.fd()
-            .set_regs(&arch::regs::boot_regs(0x10_0000, arch::layout::ZERO_PAGE_START))
+            .set_regs(&arch::regs::boot_regs(
+                0x10_0000,
+                arch::layout::ZERO_PAGE_START,
+            ))
             .unwrap();
     });
     // The i8042 signalled the reset; the vCPU then ran into hlt.
     assert_eq!(outcome, VmOutcome::PowerOff);
     assert_eq!(m.reset.read().unwrap(), 1, "the i8042 signalled a reset");
     assert_eq!(*m.out.0.lock().unwrap(), b"L");
-    assert!(m.timer.lock().unwrap().boot_time().is_some(), "boot timer saw 123");
+    assert!(
+        m.timer.lock().unwrap().boot_time().is_some(),
+        "boot timer saw 123"
+    );
 }
 
 #[test]
@@ -169,12 +178,17 @@ fn triple_fault_is_a_crash() {
     let m = machine();
     // Long mode with an empty IDT: the first exception (ud2) cannot be delivered, which
     // escalates to a double and then a triple fault.
-    m.mem.write_slice(&[0x0f, 0x0b], GuestAddress(0x10_0000)).unwrap();
+    m.mem
+        .write_slice(&[0x0f, 0x0b], GuestAddress(0x10_0000))
+        .unwrap();
     let (outcome, _) = run(m, |v, mem| {
         let sregs = arch::regs::boot_sregs(mem, v.fd().get_sregs().unwrap()).unwrap();
         v.fd().set_sregs(&sregs).unwrap();
         v.fd()
-            .set_regs(&arch::regs::boot_regs(0x10_0000, arch::layout::ZERO_PAGE_START))
+            .set_regs(&arch::regs::boot_regs(
+                0x10_0000,
+                arch::layout::ZERO_PAGE_START,
+            ))
             .unwrap();
     });
     match outcome {

@@ -2,7 +2,7 @@
 //! the test guest are, and running a VM with a deadline.
 //!
 //! The test guest (kernel, initramfs, rootfs image) comes from `resources/guest/build.sh`,
-//! which caches its outputs; set `MINIVMM_GUEST_DIR_OUT` to a directory holding them to skip
+//! which caches its outputs; set `MINIVMM_TEST_GUEST` to a directory holding them to skip
 //! the script (the test runner `./test.sh` does that after building once).
 
 use std::io::Read;
@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 
 /// The workspace root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// The `minivmm` binary of the same profile as the running test (build it first:
@@ -38,7 +41,7 @@ pub fn minivmm_bin() -> PathBuf {
 pub fn guest_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        if let Ok(d) = std::env::var("MINIVMM_GUEST_DIR_OUT") {
+        if let Ok(d) = std::env::var("MINIVMM_TEST_GUEST") {
             return PathBuf::from(d);
         }
         let out = Command::new("bash")
@@ -48,7 +51,13 @@ pub fn guest_dir() -> &'static Path {
             .expect("running resources/guest/build.sh");
         assert!(out.status.success(), "resources/guest/build.sh failed");
         let stdout = String::from_utf8_lossy(&out.stdout);
-        PathBuf::from(stdout.lines().last().expect("build.sh printed nothing").trim())
+        PathBuf::from(
+            stdout
+                .lines()
+                .last()
+                .expect("build.sh printed nothing")
+                .trim(),
+        )
     })
 }
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
-use vmm::config::{parse_size, CpuTemplateChoice, DiskConfig, SerialMode, VmConfig};
+use vmm::config::{parse_size, CpuTemplate, CpuTemplateChoice, DiskConfig, SerialMode, VmConfig};
 use vmm::VmOutcome;
 
 /// Exit codes, as documented in the README.
@@ -110,7 +110,10 @@ fn parse_serial(s: &str) -> Result<SerialMode, String> {
 
 fn parse_disk(s: &str) -> Result<DiskConfig, String> {
     let mut parts = s.split(',');
-    let path = parts.next().filter(|p| !p.is_empty()).ok_or("empty disk path")?;
+    let path = parts
+        .next()
+        .filter(|p| !p.is_empty())
+        .ok_or("empty disk path")?;
     let mut disk = DiskConfig {
         path: PathBuf::from(path),
         read_only: false,
@@ -121,7 +124,11 @@ fn parse_disk(s: &str) -> Result<DiskConfig, String> {
             Some(("readonly", "on")) => disk.read_only = true,
             Some(("readonly", "off")) => disk.read_only = false,
             Some(("serial", id)) => disk.serial = Some(id.to_string()),
-            _ => return Err(format!("unknown disk option '{opt}' (readonly=on|off, serial=ID)")),
+            _ => {
+                return Err(format!(
+                    "unknown disk option '{opt}' (readonly=on|off, serial=ID)"
+                ))
+            }
         }
     }
     Ok(disk)
@@ -148,7 +155,11 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => {
             // --help and --version are not errors.
-            let code = if e.use_stderr() { exit::BAD_INPUT } else { exit::OK };
+            let code = if e.use_stderr() {
+                exit::BAD_INPUT
+            } else {
+                exit::OK
+            };
             if e.use_stderr() {
                 // One line: clap's first line names the problem.
                 let msg = e.to_string();
@@ -172,8 +183,8 @@ fn main() -> ExitCode {
         serial: args.serial,
         cpu_template: match args.cpu_template {
             CpuTemplateArg::Auto => CpuTemplateChoice::Auto,
-            CpuTemplateArg::Host => CpuTemplateChoice::Host,
-            CpuTemplateArg::Pvm => CpuTemplateChoice::Pvm,
+            CpuTemplateArg::Host => CpuTemplateChoice::Fixed(CpuTemplate::Host),
+            CpuTemplateArg::Pvm => CpuTemplateChoice::Fixed(CpuTemplate::Pvm),
         },
         disks: args.disk,
         nets: Vec::new(),
@@ -233,7 +244,10 @@ mod tests {
     fn serial_modes() {
         assert_eq!(parse_serial("stdio"), Ok(SerialMode::Stdio));
         assert_eq!(parse_serial("none"), Ok(SerialMode::None));
-        assert_eq!(parse_serial("file:/tmp/x"), Ok(SerialMode::File("/tmp/x".into())));
+        assert_eq!(
+            parse_serial("file:/tmp/x"),
+            Ok(SerialMode::File("/tmp/x".into()))
+        );
         assert!(parse_serial("file:").is_err());
         assert!(parse_serial("tcp:1234").is_err());
     }

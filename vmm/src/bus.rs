@@ -107,7 +107,10 @@ impl Bus {
             }
             None => {
                 self.unclaimed_writes.fetch_add(1, Ordering::Relaxed);
-                log::debug!("unclaimed write of {} bytes at {addr:#x}: {data:02x?}", data.len());
+                log::debug!(
+                    "unclaimed write of {} bytes at {addr:#x}: {data:02x?}",
+                    data.len()
+                );
                 false
             }
         }
@@ -163,7 +166,8 @@ mod tests {
     #[test]
     fn unclaimed_reads_all_ones() {
         let mut bus = Bus::new();
-        bus.insert(Arc::new(Mutex::new(Probe::default())), 0x1000, 0x10).unwrap();
+        bus.insert(Arc::new(Mutex::new(Probe::default())), 0x1000, 0x10)
+            .unwrap();
         let mut d = [0u8; 4];
         assert!(!bus.read(0x2000, &mut d));
         assert_eq!(d, [0xff; 4]);
@@ -178,12 +182,27 @@ mod tests {
         let mut bus = Bus::new();
         let dev = || Arc::new(Mutex::new(Probe::default()));
         bus.insert(dev(), 0x100, 0x10).unwrap();
-        assert!(matches!(bus.insert(dev(), 0x10f, 1), Err(BusError::Overlap { .. })));
-        assert!(matches!(bus.insert(dev(), 0xf0, 0x11), Err(BusError::Overlap { .. })));
-        assert!(matches!(bus.insert(dev(), 0x0, 0x1000), Err(BusError::Overlap { .. })));
+        assert!(matches!(
+            bus.insert(dev(), 0x10f, 1),
+            Err(BusError::Overlap { .. })
+        ));
+        assert!(matches!(
+            bus.insert(dev(), 0xf0, 0x11),
+            Err(BusError::Overlap { .. })
+        ));
+        assert!(matches!(
+            bus.insert(dev(), 0x0, 0x1000),
+            Err(BusError::Overlap { .. })
+        ));
         bus.insert(dev(), 0x110, 0x10).unwrap();
         bus.insert(dev(), 0xf0, 0x10).unwrap();
-        assert!(matches!(bus.insert(dev(), 0x200, 0), Err(BusError::BadRange { .. })));
-        assert!(matches!(bus.insert(dev(), u64::MAX, 2), Err(BusError::BadRange { .. })));
+        assert!(matches!(
+            bus.insert(dev(), 0x200, 0),
+            Err(BusError::BadRange { .. })
+        ));
+        assert!(matches!(
+            bus.insert(dev(), u64::MAX, 2),
+            Err(BusError::BadRange { .. })
+        ));
     }
 }

@@ -15,16 +15,7 @@ pub enum SerialMode {
     None,
 }
 
-/// Which CPUID template to apply (see `arch::cpuid`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CpuTemplateChoice {
-    /// `pvm` when the host's KVM is PVM, `host` otherwise; the choice is logged.
-    Auto,
-    /// The host's features as KVM reports them.
-    Host,
-    /// Hide the features the PVM emulator cannot run.
-    Pvm,
-}
+pub use arch::cpuid::{CpuTemplate, CpuTemplateChoice};
 
 /// One `--disk`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,7 +96,9 @@ pub const DEFAULT_MEMORY: u64 = 256 << 20;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SizeError {
     /// Empty, or not a number followed by an optional unit.
-    #[error("invalid size '{0}': expected a number with an optional K, M, G or T suffix (e.g. 256M)")]
+    #[error(
+        "invalid size '{0}': expected a number with an optional K, M, G or T suffix (e.g. 256M)"
+    )]
     Invalid(String),
     /// The value does not fit in 64 bits.
     #[error("size '{0}' is too large")]
@@ -121,7 +114,9 @@ pub fn parse_size(s: &str) -> Result<u64, SizeError> {
     if num.is_empty() {
         return Err(SizeError::Invalid(s.to_string()));
     }
-    let value: u64 = num.parse().map_err(|_| SizeError::Overflow(s.to_string()))?;
+    let value: u64 = num
+        .parse()
+        .map_err(|_| SizeError::Overflow(s.to_string()))?;
     let unit = unit.to_ascii_uppercase();
     let unit = unit
         .strip_suffix("IB")
@@ -162,7 +157,13 @@ mod tests {
         assert!(matches!(parse_size("12X"), Err(SizeError::Invalid(_))));
         assert!(matches!(parse_size("-1"), Err(SizeError::Invalid(_))));
         assert!(matches!(parse_size("1.5G"), Err(SizeError::Invalid(_))));
-        assert!(matches!(parse_size("99999999999999999999"), Err(SizeError::Overflow(_))));
-        assert!(matches!(parse_size("20000000T"), Err(SizeError::Overflow(_))));
+        assert!(matches!(
+            parse_size("99999999999999999999"),
+            Err(SizeError::Overflow(_))
+        ));
+        assert!(matches!(
+            parse_size("20000000T"),
+            Err(SizeError::Overflow(_))
+        ));
     }
 }

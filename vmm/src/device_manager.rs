@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arch::layout;
-use devices::legacy::{BootTimer, I8042, SerialDevice};
+use devices::legacy::{BootTimer, SerialDevice, I8042};
 use devices::virtio::mmio::MmioTransport;
 use devices::virtio::{VirtioDevice, VirtioInterrupt};
 use devices::{EventFdInterrupt, Interrupt};
@@ -212,7 +212,10 @@ mod tests {
         let s1 = a.allocate().unwrap();
         assert_eq!(s0.base, layout::VIRTIO_MMIO_START);
         assert_eq!(s0.irq, layout::VIRTIO_IRQ_START);
-        assert_eq!(s1.base, layout::VIRTIO_MMIO_START + layout::VIRTIO_MMIO_SIZE);
+        assert_eq!(
+            s1.base,
+            layout::VIRTIO_MMIO_START + layout::VIRTIO_MMIO_SIZE
+        );
         assert_eq!(s1.irq, layout::VIRTIO_IRQ_START + 1);
         // Windows stay below the IOAPIC.
         assert!(
@@ -228,6 +231,9 @@ mod tests {
         for _ in 0..lines {
             a.allocate().unwrap();
         }
-        assert!(matches!(a.allocate(), Err(DeviceError::Exhausted("IRQ line"))));
+        assert!(matches!(
+            a.allocate(),
+            Err(DeviceError::Exhausted("IRQ line"))
+        ));
     }
 }

@@ -110,7 +110,10 @@ pub fn block_exit_signals() -> std::io::Result<()> {
 fn timerfd() -> std::io::Result<OwnedFd> {
     // SAFETY: plain syscall creating a new descriptor.
     let fd = unsafe {
-        libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC)
+        libc::timerfd_create(
+            libc::CLOCK_MONOTONIC,
+            libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+        )
     };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
@@ -121,7 +124,10 @@ fn timerfd() -> std::io::Result<OwnedFd> {
 
 fn arm(timer: &OwnedFd, ms: i64) {
     let spec = libc::itimerspec {
-        it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+        it_interval: libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        },
         it_value: libc::timespec {
             tv_sec: 0,
             tv_nsec: ms * 1_000_000,
@@ -176,8 +182,7 @@ impl Controller {
         let mut buf = [0u8; 256];
         let n = read_fd(fd, &mut buf);
         if n <= 0 {
-            if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
-            {
+            if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock {
                 return;
             }
             // EOF or error: stop listening (the VM keeps running without input).

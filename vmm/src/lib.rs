@@ -26,7 +26,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kvm_ioctls::{Kvm, VmFd};
-use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub use config::{CpuTemplateChoice, SerialMode, VmConfig};
@@ -76,7 +75,10 @@ impl ExitSlot {
 
     /// The outcome, once there is one.
     pub fn get(&self) -> Option<VmOutcome> {
-        self.outcome.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.outcome
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -191,18 +193,9 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
 
 /// Choose the CPUID template and log why.
 fn cpu_template(choice: CpuTemplateChoice) -> arch::cpuid::CpuTemplate {
-    use arch::cpuid::CpuTemplate;
-    let (t, why) = match choice {
-        CpuTemplateChoice::Host => (CpuTemplate::Host, "asked for with --cpu-template host"),
-        CpuTemplateChoice::Pvm => (CpuTemplate::Pvm, "asked for with --cpu-template pvm"),
-        CpuTemplateChoice::Auto if arch::cpuid::host_is_pvm() => (
-            CpuTemplate::Pvm,
-            "host KVM is PVM (/sys/module/kvm_pvm exists); override with --cpu-template host",
-        ),
-        CpuTemplateChoice::Auto => (CpuTemplate::Host, "host KVM uses hardware virtualization"),
-    };
-    log::info!("CPU template: {t} ({why})");
-    t
+    let (template, why) = arch::cpuid::resolve(choice);
+    log::info!("{why} (--cpu-template overrides)");
+    template
 }
 
 /// The VM being built: what [`run`] needs after setup.
@@ -225,7 +218,8 @@ fn create_vm() -> Result<Vm, Error> {
     fd.set_tss_address(arch::layout::KVM_TSS_ADDRESS as usize)
         .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
     // PIC + IOAPIC + LAPICs in the kernel: interrupts never need a trip to user space.
-    fd.create_irqchip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    fd.create_irq_chip()
+        .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
     let pit = kvm_bindings::kvm_pit_config {
         flags: kvm_bindings::KVM_PIT_SPEAKER_DUMMY,
         ..Default::default()
@@ -266,13 +260,17 @@ pub fn run(cfg: &VmConfig) -> Result<VmOutcome, Error> {
     memory::register(&vm.fd, &mem)?;
 
     // The kernel, then the initrd above it.
-    let kernel = boot::loader::load_kernel(&mem, &mut kernel_file).map_err(|source| {
-        Error::Kernel {
+    let kernel =
+        boot::loader::load_kernel(&mem, &mut kernel_file).map_err(|source| Error::Kernel {
             path: cfg.kernel.display().to_string(),
             source,
-        }
-    })?;
-    log::info!("kernel {}: {:?}, entry {:#x}", cfg.kernel.display(), kernel.format, kernel.entry.0);
+        })?;
+    log::info!(
+        "kernel {}: {:?}, entry {:#x}",
+        cfg.kernel.display(),
+        kernel.format,
+        kernel.entry.0
+    );
     let initrd = match (&mut initrd_file, &cfg.initrd) {
         (Some(f), Some(path)) => Some(
             boot::initrd::load_initrd(
@@ -312,33 +310,37 @@ pub fn run(cfg: &VmConfig) -> Result<VmOutcome, Error> {
 
     // The command line: defaults, what the PVM template needs, the devices, then the user's.
     let user = cfg.cmdline.as_deref().unwrap_or("");
-    let root = if !cfg.disks.is_empty() && !user.split_whitespace().any(|w| w.starts_with("root=")) {
+    let root = if !cfg.disks.is_empty() && !user.split_whitespace().any(|w| w.starts_with("root="))
+    {
         "root=/dev/vda rw"
     } else {
         ""
     };
-    let mut parts = vec![boot::cmdline::DEFAULT_CMDLINE, template.extra_kernel_cmdline()];
+    let mut parts = vec![
+        boot::cmdline::DEFAULT_CMDLINE,
+        template.extra_kernel_cmdline(),
+    ];
     parts.extend(devices.cmdline_entries.iter().map(String::as_str));
     parts.push(root);
     parts.push(user);
     let cmdline = boot::cmdline::build(&parts).map_err(Error::Cmdline)?;
     log::info!("kernel command line: {cmdline}");
-    let mut cmdline_bytes = cmdline.clone().into_bytes();
-    cmdline_bytes.push(0);
-    mem.write_slice(&cmdline_bytes, GuestAddress(arch::layout::CMDLINE_START))
-        .map_err(|e| Error::BootData(format!("command line: {e}")))?;
+    boot::cmdline::check_fits(&cmdline, kernel.setup_header.as_ref()).map_err(Error::Cmdline)?;
+    let (cmdline_addr, cmdline_size) =
+        boot::cmdline::write_cmdline(&mem, &cmdline).map_err(Error::Cmdline)?;
 
     // Boot tables: MP table (CPUs and IOAPIC), zero page (e820, command line, initrd).
     arch::mptable::setup_mptable(&mem, cfg.cpus, arch::layout::IRQ_MAX)
         .map_err(|e| Error::BootData(format!("MP table: {e}")))?;
     boot::zeropage::write_zero_page(
         &mem,
-        &boot::zeropage::ZeroPageParams {
+        boot::zeropage::ZeroPageParams {
             setup_header: kernel.setup_header,
-            cmdline_addr: GuestAddress(arch::layout::CMDLINE_START),
-            cmdline_size: cmdline_bytes.len(),
+            cmdline_addr,
+            cmdline_size,
             initrd,
-            e820: boot::e820::e820_map(cfg.memory),
+            e820: boot::e820::e820_map(cfg.memory).map_err(memory::MemoryError::Layout)?,
+            mem_size: cfg.memory,
         },
     )
     .map_err(|e| Error::BootData(format!("zero page: {e}")))?;
@@ -359,7 +361,14 @@ pub fn run(cfg: &VmConfig) -> Result<VmOutcome, Error> {
     };
     let mut vcpus = Vec::new();
     for index in 0..cfg.cpus {
-        let v = vcpu::Vcpu::new(&vm.fd, index, pio.clone(), mmio.clone(), mem.clone(), stats.clone())?;
+        let v = vcpu::Vcpu::new(
+            &vm.fd,
+            index,
+            pio.clone(),
+            mmio.clone(),
+            mem.clone(),
+            stats.clone(),
+        )?;
         v.configure(&setup)?;
         vcpus.push(v);
     }
@@ -392,10 +401,14 @@ pub fn run(cfg: &VmConfig) -> Result<VmOutcome, Error> {
     let controller = event_loop::Controller::new(
         devices.serial.clone(),
         interactive.then_some(libc::STDIN_FILENO),
-        devices.reset_evt.try_clone().map_err(|e| Error::Host(format!("eventfd: {e}")))?,
+        devices
+            .reset_evt
+            .try_clone()
+            .map_err(|e| Error::Host(format!("eventfd: {e}")))?,
         exit.clone(),
     )
     .map_err(|e| Error::Host(format!("event loop: {e}")))?;
+    use event_manager::SubscriberOps;
     let mut events = event_manager::EventManager::<Arc<Mutex<event_loop::Controller>>>::new()
         .map_err(|e| Error::Host(format!("event loop: {e:?}")))?;
     events.add_subscriber(Arc::new(Mutex::new(controller)));
@@ -412,7 +425,12 @@ pub fn run(cfg: &VmConfig) -> Result<VmOutcome, Error> {
     drop(_raw);
     if let Some(s) = &stats {
         eprint!("{}", s.report(pio.unclaimed(), mmio.unclaimed()));
-        if let Some(t) = devices.boot_timer.lock().unwrap_or_else(|e| e.into_inner()).boot_time() {
+        if let Some(t) = devices
+            .boot_timer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .boot_time()
+        {
             eprintln!("  guest boot time: {} ms", t.as_millis());
         }
     }
@@ -422,7 +440,9 @@ pub fn run(cfg: &VmConfig) -> Result<VmOutcome, Error> {
 /// Tell every vCPU thread to stop and kick it out of `KVM_RUN` until it has.
 fn stop_vcpus(control: &vcpu::VcpuControl, threads: Vec<std::thread::JoinHandle<()>>) {
     use vmm_sys_util::signal::Killable;
-    control.stop.store(true, std::sync::atomic::Ordering::Release);
+    control
+        .stop
+        .store(true, std::sync::atomic::Ordering::Release);
     let deadline = Instant::now() + Duration::from_secs(2);
     for t in threads {
         while !t.is_finished() && Instant::now() < deadline {

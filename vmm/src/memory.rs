@@ -12,19 +12,16 @@
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
-use vm_memory::{GuestMemory, GuestMemoryRegion};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::GuestMemoryMmap;
-
-/// The smallest guest minivmm will build (a kernel and its page tables need room).
-pub const MIN_MEMORY: u64 = 16 << 20;
 
 /// Why guest memory could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
-    /// Below [`MIN_MEMORY`].
-    #[error("--memory {0} bytes is too small: at least {min} MiB is needed", min = MIN_MEMORY >> 20)]
-    TooSmall(u64),
+    /// Too small, unaligned or unmappable (checked by the layout).
+    #[error("--memory: {0}")]
+    Layout(#[from] boot::e820::Error),
     /// More than the host has.
     #[error("--memory {asked} MiB is more than this host's {host} MiB of RAM")]
     TooLarge {
@@ -33,9 +30,6 @@ pub enum MemoryError {
         /// MiB the host has.
         host: u64,
     },
-    /// Not a multiple of the page size.
-    #[error("--memory {0} bytes is not a multiple of 4 KiB")]
-    Unaligned(u64),
     /// mmap failed.
     #[error("allocating guest RAM: {0}")]
     Mmap(#[source] vm_memory::mmap::FromRangesError),
@@ -53,10 +47,7 @@ pub enum MemoryError {
 impl MemoryError {
     /// Whether this is the user's mistake rather than the host's.
     pub fn is_bad_input(&self) -> bool {
-        matches!(
-            self,
-            MemoryError::TooSmall(_) | MemoryError::TooLarge { .. } | MemoryError::Unaligned(_)
-        )
+        matches!(self, MemoryError::Layout(_) | MemoryError::TooLarge { .. })
     }
 }
 
@@ -68,30 +59,22 @@ pub fn host_ram() -> Option<u64> {
     kib.checked_mul(1024)
 }
 
-/// Check `size` against the limits: at least [`MIN_MEMORY`], page aligned, at most the
-/// host's RAM (`host`).
+/// Check `size` against the layout's limits and the host's RAM (`host`).
 pub fn check_size(size: u64, host: Option<u64>) -> Result<(), MemoryError> {
-    if size < MIN_MEMORY {
-        return Err(MemoryError::TooSmall(size));
+    boot::e820::ram_regions(size)?;
+    match host {
+        Some(host) if size > host => Err(MemoryError::TooLarge {
+            asked: size >> 20,
+            host: host >> 20,
+        }),
+        _ => Ok(()),
     }
-    if size % 4096 != 0 {
-        return Err(MemoryError::Unaligned(size));
-    }
-    if let Some(host) = host {
-        if size > host {
-            return Err(MemoryError::TooLarge {
-                asked: size >> 20,
-                host: host >> 20,
-            });
-        }
-    }
-    Ok(())
 }
 
 /// Allocate `size` bytes of guest RAM, split around the MMIO hole.
 pub fn create(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
     check_size(size, host_ram())?;
-    GuestMemoryMmap::from_ranges(&boot::e820::ram_regions(size)).map_err(MemoryError::Mmap)
+    GuestMemoryMmap::from_ranges(&boot::e820::ram_regions(size)?).map_err(MemoryError::Mmap)
 }
 
 /// Tell KVM about every region of `mem`, one memory slot each.
@@ -119,11 +102,17 @@ mod tests {
 
     #[test]
     fn size_limits() {
-        assert!(matches!(check_size(0, None), Err(MemoryError::TooSmall(0))));
-        assert!(matches!(check_size(4095 + (16 << 20), None), Err(MemoryError::Unaligned(_))));
+        assert!(matches!(check_size(0, None), Err(MemoryError::Layout(_))));
+        assert!(matches!(
+            check_size(4095 + (16 << 20), None),
+            Err(MemoryError::Layout(_))
+        ));
         assert!(matches!(
             check_size(8 << 30, Some(4 << 30)),
-            Err(MemoryError::TooLarge { asked: 8192, host: 4096 })
+            Err(MemoryError::TooLarge {
+                asked: 8192,
+                host: 4096
+            })
         ));
         assert!(check_size(256 << 20, Some(4 << 30)).is_ok());
         assert!(check_size(256 << 20, None).is_ok());
@@ -131,6 +120,6 @@ mod tests {
 
     #[test]
     fn host_ram_is_readable() {
-        assert!(host_ram().unwrap() > MIN_MEMORY);
+        assert!(host_ram().unwrap() > 16 << 20);
     }
 }

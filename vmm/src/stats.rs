@@ -40,16 +40,24 @@ impl Stats {
         }
         let _ = writeln!(out, "    {:<16} {total:>10}", "total");
         out.push_str("  busiest I/O ports:\n");
-        for (port, n) in sorted(lock(&self.pio).iter().map(|(k, v)| (format!("{k:#06x}"), *v)))
-            .into_iter()
-            .take(10)
+        for (port, n) in sorted(
+            lock(&self.pio)
+                .iter()
+                .map(|(k, v)| (format!("{k:#06x}"), *v)),
+        )
+        .into_iter()
+        .take(10)
         {
             let _ = writeln!(out, "    {port:<16} {n:>10}");
         }
         out.push_str("  busiest MMIO addresses:\n");
-        for (addr, n) in sorted(lock(&self.mmio).iter().map(|(k, v)| (format!("{k:#x}"), *v)))
-            .into_iter()
-            .take(10)
+        for (addr, n) in sorted(
+            lock(&self.mmio)
+                .iter()
+                .map(|(k, v)| (format!("{k:#x}"), *v)),
+        )
+        .into_iter()
+        .take(10)
         {
             let _ = writeln!(out, "    {addr:<16} {n:>10}");
         }
@@ -94,6 +102,9 @@ mod tests {
         assert!(r.find("0x03fd").unwrap() < r.find("0x03f8").unwrap(), "{r}");
         assert!(r.contains("total                     3"), "{r}");
         assert!(r.contains("0xc0000000"), "{r}");
-        assert!(r.contains("I/O ports 1 reads, 2 writes; MMIO 3 reads, 4 writes"), "{r}");
+        assert!(
+            r.contains("I/O ports 1 reads, 2 writes; MMIO 3 reads, 4 writes"),
+            "{r}"
+        );
     }
 }

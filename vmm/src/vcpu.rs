@@ -78,7 +78,11 @@ fn set_lapic_reg(l: &mut kvm_lapic_state, off: usize, v: u32) {
 /// virtual-wire mode expects this wiring when it boots without ACPI.
 fn set_lint(l: &mut kvm_lapic_state) {
     let lint0 = lapic_reg(l, APIC_LVT_LINT0);
-    set_lapic_reg(l, APIC_LVT_LINT0, (lint0 & !0x700) | (APIC_MODE_EXTINT << 8));
+    set_lapic_reg(
+        l,
+        APIC_LVT_LINT0,
+        (lint0 & !0x700) | (APIC_MODE_EXTINT << 8),
+    );
     let lint1 = lapic_reg(l, APIC_LVT_LINT1);
     set_lapic_reg(l, APIC_LVT_LINT1, (lint1 & !0x700) | (APIC_MODE_NMI << 8));
 }
@@ -115,11 +119,13 @@ impl Vcpu {
         mem: GuestMemoryMmap,
         stats: Option<Arc<Stats>>,
     ) -> Result<Self, VcpuError> {
-        let fd = vm.create_vcpu(index.into()).map_err(|source| VcpuError::Kvm {
-            index,
-            what: "KVM_CREATE_VCPU",
-            source,
-        })?;
+        let fd = vm
+            .create_vcpu(index.into())
+            .map_err(|source| VcpuError::Kvm {
+                index,
+                what: "KVM_CREATE_VCPU",
+                source,
+            })?;
         Ok(Self {
             fd,
             index,
@@ -156,12 +162,17 @@ impl Vcpu {
             self.index.into(),
             setup.num_cpus.into(),
         );
-        self.fd.set_cpuid2(&cpuid).map_err(self.kvm_err("KVM_SET_CPUID2"))?;
+        self.fd
+            .set_cpuid2(&cpuid)
+            .map_err(self.kvm_err("KVM_SET_CPUID2"))?;
 
         let entries = arch::msr::boot_msrs();
         let msrs = Msrs::from_entries(&entries)
             .map_err(|e| VcpuError::Regs(self.index, format!("MSR list: {e:?}")))?;
-        let n = self.fd.set_msrs(&msrs).map_err(self.kvm_err("KVM_SET_MSRS"))?;
+        let n = self
+            .fd
+            .set_msrs(&msrs)
+            .map_err(self.kvm_err("KVM_SET_MSRS"))?;
         if n != entries.len() {
             log::warn!(
                 "vCPU {}: KVM accepted {n} of {} boot MSRs",
@@ -172,18 +183,24 @@ impl Vcpu {
 
         let mut lapic = self.fd.get_lapic().map_err(self.kvm_err("KVM_GET_LAPIC"))?;
         set_lint(&mut lapic);
-        self.fd.set_lapic(&lapic).map_err(self.kvm_err("KVM_SET_LAPIC"))?;
+        self.fd
+            .set_lapic(&lapic)
+            .map_err(self.kvm_err("KVM_SET_LAPIC"))?;
 
         if self.index == 0 {
             let sregs = self.fd.get_sregs().map_err(self.kvm_err("KVM_GET_SREGS"))?;
             let sregs = arch::regs::boot_sregs(&self.mem, sregs)
                 .map_err(|e| VcpuError::Regs(self.index, e.to_string()))?;
-            self.fd.set_sregs(&sregs).map_err(self.kvm_err("KVM_SET_SREGS"))?;
+            self.fd
+                .set_sregs(&sregs)
+                .map_err(self.kvm_err("KVM_SET_SREGS"))?;
             self.fd
                 .set_fpu(&arch::regs::boot_fpu())
                 .map_err(self.kvm_err("KVM_SET_FPU"))?;
             let regs = arch::regs::boot_regs(setup.entry.0, arch::layout::ZERO_PAGE_START);
-            self.fd.set_regs(&regs).map_err(self.kvm_err("KVM_SET_REGS"))?;
+            self.fd
+                .set_regs(&regs)
+                .map_err(self.kvm_err("KVM_SET_REGS"))?;
         }
         Ok(())
     }
@@ -208,8 +225,9 @@ impl Vcpu {
             if control.stop.load(Ordering::Acquire) {
                 return None;
             }
-            let exit = self.fd.run();
             let stats = self.stats.clone();
+            let index = self.index;
+            let exit = self.fd.run();
             match exit {
                 Ok(VcpuExit::IoIn(port, data)) => {
                     if let Some(s) = &stats {
@@ -259,10 +277,9 @@ impl Vcpu {
                     return Some(match kind {
                         kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => VmOutcome::PowerOff,
                         kvm_bindings::KVM_SYSTEM_EVENT_RESET => VmOutcome::Reset,
-                        other => VmOutcome::Crash(format!(
-                            "vCPU {}: system event {other}",
-                            self.index
-                        )),
+                        other => {
+                            VmOutcome::Crash(format!("vCPU {}: system event {other}", self.index))
+                        }
                     });
                 }
                 Ok(VcpuExit::InternalError) => {
@@ -272,7 +289,9 @@ impl Vcpu {
                     let internal = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal };
                     let what = match internal.suberror {
                         kvm_bindings::KVM_INTERNAL_ERROR_EMULATION => "emulation failure",
-                        kvm_bindings::KVM_INTERNAL_ERROR_SIMUL_EX => "exception while delivering one",
+                        kvm_bindings::KVM_INTERNAL_ERROR_SIMUL_EX => {
+                            "exception while delivering one"
+                        }
                         kvm_bindings::KVM_INTERNAL_ERROR_DELIVERY_EV => "event delivery failure",
                         _ => "internal error",
                     };
@@ -292,10 +311,10 @@ impl Vcpu {
                 }
                 Ok(VcpuExit::Intr) => self.count("intr"),
                 Ok(other) => {
+                    let what = format!("{other:?}");
                     self.count("other");
                     return Some(VmOutcome::Crash(format!(
-                        "vCPU {}: unexpected KVM exit {other:?}",
-                        self.index
+                        "vCPU {index}: unexpected KVM exit {what}"
                     )));
                 }
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
@@ -328,7 +347,10 @@ impl Vcpu {
                 let n = (0..code.len())
                     .take_while(|&i| {
                         self.mem
-                            .read_slice(&mut code[i..i + 1], GuestAddress(t.physical_address + i as u64))
+                            .read_slice(
+                                &mut code[i..i + 1],
+                                GuestAddress(t.physical_address + i as u64),
+                            )
                             .is_ok()
                     })
                     .count();
@@ -342,7 +364,10 @@ impl Vcpu {
 }
 
 fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]
