@@ -44,7 +44,12 @@ impl BusDevice for BootTimer {
             return;
         }
         let elapsed = self.start.elapsed();
-        log::info!("guest boot time: {} ms", elapsed.as_millis());
+        // Rate-limited: the guest decides how often it writes the magic.
+        crate::log_ratelimited!(
+            log::Level::Info,
+            "guest boot time: {} ms",
+            elapsed.as_millis()
+        );
         if self.boot_time.is_none() {
             self.boot_time = Some(elapsed);
         }

@@ -122,9 +122,9 @@ impl I8042 {
     }
 
     fn request_reset(&self) {
-        log::info!("i8042: guest requested a CPU reset");
+        crate::log_ratelimited!(log::Level::Info, "i8042: guest requested a CPU reset");
         if let Err(e) = self.reset_evt.write(1) {
-            log::error!("i8042: failed to signal the reset event: {e}");
+            crate::error_ratelimited!("i8042: failed to signal the reset event: {e}");
         }
     }
 
@@ -180,8 +180,12 @@ impl I8042 {
             // The AUX port is broken (module documentation): the echo does not come back as
             // AUX data, which makes Linux's loopback check fail at once.
             Some(CMD_AUX_LOOP) => self.reply(byte, false),
-            Some(CMD_AUX_SEND) => log::debug!("i8042: byte {byte:#04x} for absent mouse"),
-            _ => log::debug!("i8042: byte {byte:#04x} for absent keyboard"),
+            Some(CMD_AUX_SEND) => {
+                crate::log_ratelimited!(log::Level::Debug, "i8042: {byte:#04x} for absent mouse")
+            }
+            _ => {
+                crate::log_ratelimited!(log::Level::Debug, "i8042: {byte:#04x} for absent keyboard")
+            }
         }
     }
 

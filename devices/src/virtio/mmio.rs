@@ -443,7 +443,7 @@ impl MmioTransport {
         }
         let added = value & !old;
         if added & STATUS_FAILED != 0 {
-            log::warn!(
+            warn_ratelimited!(
                 "virtio-mmio: driver set FAILED for device type {}",
                 self.device.device_type()
             );
@@ -505,13 +505,13 @@ impl MmioTransport {
                 self.device_started = true;
                 match self.device.activate(ctx) {
                     Ok(()) => return,
-                    Err(e) => log::error!(
+                    Err(e) => crate::error_ratelimited!(
                         "virtio-mmio: device type {} failed to activate: {e}",
                         self.device.device_type()
                     ),
                 }
             }
-            Err(e) => log::error!("virtio-mmio: cannot activate: {e}"),
+            Err(e) => crate::error_ratelimited!("virtio-mmio: cannot activate: {e}"),
         }
         self.status |= STATUS_DEVICE_NEEDS_RESET;
         self.interrupt.signal_config_change();

@@ -16,7 +16,6 @@ use crate::Interrupt;
 
 pub mod block;
 pub mod mmio;
-
 pub mod net;
 
 /// Guest memory as devices see it.
