@@ -7,8 +7,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, ValueEnum};
-use vmm::config::{parse_size, CpuTemplate, CpuTemplateChoice, DiskConfig, SerialMode, VmConfig};
+use clap::{Parser, Subcommand, ValueEnum};
+use vmm::config::{
+    parse_size, CpuTemplate, CpuTemplateChoice, DiskConfig, NetBackend, NetConfig, SerialMode,
+    VmConfig,
+};
 use vmm::VmOutcome;
 
 /// Exit codes, as documented in the README.
@@ -47,11 +50,21 @@ enum CpuTemplateArg {
 
 /// Boot a Linux kernel directly on KVM.
 #[derive(Parser, Debug)]
-#[command(name = "minivmm", version, about, max_term_width = 100)]
+#[command(
+    name = "minivmm",
+    version,
+    about,
+    max_term_width = 100,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// Kernel image: ELF vmlinux (with or without a PVH note) or bzImage.
-    #[arg(long, value_name = "PATH")]
-    kernel: PathBuf,
+    #[arg(long, value_name = "PATH", required = true)]
+    kernel: Option<PathBuf>,
 
     /// Initial ramdisk (initramfs cpio archive).
     #[arg(long, value_name = "PATH")]
@@ -76,6 +89,17 @@ struct Args {
     #[arg(long, value_name = "SPEC", value_parser = parse_disk)]
     disk: Vec<DiskConfig>,
 
+    /// A network interface: tap=NAME[,mac=MAC] uses an existing tap as it is;
+    /// bridge=BR[,mac=MAC] creates a tap on bridge BR, removed when the VM ends.
+    /// Repeatable: eth0, eth1, ... in order. Without mac=, a stable MAC is derived from
+    /// --name (or the kernel, initrd, disks and command line) and the interface's index.
+    #[arg(long, value_name = "SPEC", value_parser = parse_net)]
+    net: Vec<NetConfig>,
+
+    /// A name for the VM (seeds derived MAC addresses).
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+
     /// Where the guest's serial console goes: stdio, file:PATH or none.
     #[arg(long, value_name = "MODE", default_value = "stdio", value_parser = parse_serial)]
     serial: SerialMode,
@@ -91,6 +115,66 @@ struct Args {
     /// Log level (messages go to stderr). RUST_LOG overrides it.
     #[arg(long, value_enum, default_value = "warn")]
     log_level: LogLevel,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Host bridges for VM networks (no ip(8) knowledge needed).
+    Network {
+        #[command(subcommand)]
+        action: NetworkAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum NetworkAction {
+    /// Create bridge BR and bring it up, optionally with a host address.
+    Create {
+        /// Bridge name (at most 15 bytes).
+        bridge: String,
+        /// Host address on the bridge, e.g. 10.0.0.1/24.
+        #[arg(long, value_name = "ADDR/LEN", value_parser = parse_cidr)]
+        cidr: Option<(std::net::Ipv4Addr, u8)>,
+    },
+    /// Delete bridge BR.
+    Delete {
+        /// Bridge name.
+        bridge: String,
+    },
+}
+
+fn parse_cidr(s: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
+    let bad = || format!("'{s}': expected an IPv4 address and prefix length, e.g. 10.0.0.1/24");
+    let (addr, len) = s.split_once('/').ok_or_else(bad)?;
+    let addr = addr.parse().map_err(|_| bad())?;
+    let len: u8 = len.parse().map_err(|_| bad())?;
+    if len > 32 {
+        return Err(bad());
+    }
+    Ok((addr, len))
+}
+
+fn parse_net(s: &str) -> Result<NetConfig, String> {
+    let mut backend = None;
+    let mut mac = None;
+    for opt in s.split(',') {
+        match opt.split_once('=') {
+            Some(("tap", name)) if !name.is_empty() => {
+                backend = Some(NetBackend::Tap(name.to_string()))
+            }
+            Some(("bridge", br)) if !br.is_empty() => {
+                backend = Some(NetBackend::Bridge(br.to_string()))
+            }
+            Some(("mac", m)) => mac = Some(vmm::network::parse_mac(m).map_err(|e| e.to_string())?),
+            _ => {
+                return Err(format!(
+                    "'{opt}': expected tap=NAME or bridge=BR, and mac=MAC"
+                ))
+            }
+        }
+    }
+    let backend = backend.ok_or_else(|| format!("'{s}': needs tap=NAME or bridge=BR"))?;
+    Ok(NetConfig { backend, mac })
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
@@ -134,6 +218,17 @@ fn parse_disk(s: &str) -> Result<DiskConfig, String> {
     Ok(disk)
 }
 
+/// clap's message up to its usage section, on one line.
+fn one_line(msg: &str) -> String {
+    msg.lines()
+        .take_while(|l| !l.trim().is_empty() && !l.starts_with("Usage:"))
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim_start_matches("error: ")
+        .to_string()
+}
+
 fn init_logger(level: LogLevel) {
     let filter = match level {
         LogLevel::Off => "off",
@@ -161,11 +256,7 @@ fn main() -> ExitCode {
                 exit::OK
             };
             if e.use_stderr() {
-                // One line: clap's first line names the problem.
-                let msg = e.to_string();
-                let first = msg.lines().next().unwrap_or("invalid arguments");
-                eprintln!("minivmm: {}", first.trim_start_matches("error: "));
-                eprintln!("(run minivmm --help for usage)");
+                eprintln!("minivmm: {}", one_line(&e.to_string()));
             } else {
                 let _ = e.print();
             }
@@ -174,6 +265,25 @@ fn main() -> ExitCode {
     };
     init_logger(args.log_level);
     vmm::terminal::install_panic_hook();
+
+    if let Some(Command::Network { action }) = args.command {
+        let result = match &action {
+            NetworkAction::Create { bridge, cidr } => vmm::network::create_bridge(bridge, *cidr),
+            NetworkAction::Delete { bridge } => vmm::network::delete_bridge(bridge),
+        };
+        return match result {
+            Ok(()) => ExitCode::from(exit::OK),
+            Err(e) => {
+                eprintln!("minivmm: {e}");
+                ExitCode::from(exit::BAD_INPUT)
+            }
+        };
+    }
+    let Some(kernel) = args.kernel else {
+        // clap enforces --kernel when there is no subcommand.
+        eprintln!("minivmm: --kernel is required");
+        return ExitCode::from(exit::BAD_INPUT);
+    };
 
     let cfg = VmConfig {
         initrd: args.initrd,
@@ -187,9 +297,10 @@ fn main() -> ExitCode {
             CpuTemplateArg::Pvm => CpuTemplateChoice::Fixed(CpuTemplate::Pvm),
         },
         disks: args.disk,
-        nets: Vec::new(),
+        nets: args.net,
         stats: args.stats,
-        ..VmConfig::new(args.kernel)
+        name: args.name,
+        ..VmConfig::new(kernel)
     };
 
     match vmm::run(&cfg) {
@@ -250,6 +361,33 @@ mod tests {
         );
         assert!(parse_serial("file:").is_err());
         assert!(parse_serial("tcp:1234").is_err());
+    }
+
+    #[test]
+    fn net_specs() {
+        let n = parse_net("bridge=br0,mac=02:00:00:00:00:01").unwrap();
+        assert_eq!(n.backend, NetBackend::Bridge("br0".into()));
+        assert_eq!(n.mac, Some([2, 0, 0, 0, 0, 1]));
+        assert_eq!(
+            parse_net("tap=tap0").unwrap().backend,
+            NetBackend::Tap("tap0".into())
+        );
+        assert!(parse_net("mac=02:00:00:00:00:01").is_err());
+        assert!(parse_net("bridge=br0,mac=01:00:00:00:00:01").is_err()); // multicast
+        assert!(parse_net("bridge=br0,mac=zz").is_err());
+        assert!(parse_net("bridge=").is_err());
+        assert!(parse_net("vde=x").is_err());
+    }
+
+    #[test]
+    fn cidrs() {
+        assert_eq!(
+            parse_cidr("10.0.0.1/24"),
+            Ok(("10.0.0.1".parse().unwrap(), 24))
+        );
+        assert!(parse_cidr("10.0.0.1").is_err());
+        assert!(parse_cidr("10.0.0.1/33").is_err());
+        assert!(parse_cidr("10.0.0/8").is_err());
     }
 
     #[test]

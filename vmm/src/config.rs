@@ -69,6 +69,8 @@ pub struct VmConfig {
     pub nets: Vec<NetConfig>,
     /// Print exit statistics when the VM ends.
     pub stats: bool,
+    /// A name for the VM; seeds the derived MAC addresses (see [`VmConfig::mac_seed`]).
+    pub name: Option<String>,
 }
 
 impl VmConfig {
@@ -85,7 +87,25 @@ impl VmConfig {
             disks: Vec::new(),
             nets: Vec::new(),
             stats: false,
+            name: None,
         }
+    }
+
+    /// What derived MAC addresses are computed from: the VM's name if it has one, else
+    /// its kernel, initrd, disks and command line. The same VM gets the same MACs every
+    /// boot; two VMs that differ in any of these get different ones.
+    pub fn mac_seed(&self) -> String {
+        if let Some(n) = &self.name {
+            return n.clone();
+        }
+        let mut seed = self.kernel.display().to_string();
+        for p in self.initrd.iter().chain(self.disks.iter().map(|d| &d.path)) {
+            seed.push('\0');
+            seed.push_str(&p.display().to_string());
+        }
+        seed.push('\0');
+        seed.push_str(self.cmdline.as_deref().unwrap_or(""));
+        seed
     }
 }
 

@@ -129,6 +129,24 @@ pub enum Error {
         #[source]
         source: devices::virtio::block::BlockError,
     },
+    /// A network interface could not be set up on the host.
+    #[error("--net #{index}: {source}")]
+    Net {
+        /// Which `--net` (0-based).
+        index: usize,
+        /// Why.
+        #[source]
+        source: network::NetworkError,
+    },
+    /// The virtio-net device refused its tap.
+    #[error("--net #{index}: {source}")]
+    NetDevice {
+        /// Which `--net` (0-based).
+        index: usize,
+        /// Why.
+        #[source]
+        source: devices::virtio::net::NetError,
+    },
     /// `/dev/kvm` cannot be used.
     #[error("KVM: {what}: {source}")]
     Kvm {
@@ -166,6 +184,7 @@ impl Error {
                 | Error::Initrd { .. }
                 | Error::Cmdline(_)
                 | Error::Disk { .. }
+                | Error::Net { .. }
         ) || matches!(self, Error::Memory(m) if m.is_bad_input())
     }
 }
@@ -254,6 +273,30 @@ pub fn run(cfg: &VmConfig) -> Result<VmOutcome, Error> {
         disks.push(block);
     }
 
+    // Network interfaces: a tap per --net. Taps minivmm creates are not persistent, so
+    // they disappear with their last file descriptor, on every way out of the process.
+    let mut nets = Vec::new();
+    let mut net_stats = Vec::new();
+    for (index, n) in cfg.nets.iter().enumerate() {
+        let tap = match &n.backend {
+            config::NetBackend::Tap(name) => network::ManagedTap::open_existing(name),
+            config::NetBackend::Bridge(br) => network::ManagedTap::create(br, index as u32),
+        }
+        .map_err(|source| Error::Net { index, source })?;
+        let mac = n
+            .mac
+            .unwrap_or_else(|| network::derive_mac(&cfg.mac_seed(), index as u32));
+        let tap_name = tap.name().to_string();
+        let net = devices::virtio::net::Net::new(tap.into_tap(), mac)
+            .map_err(|source| Error::NetDevice { index, source })?;
+        log::info!(
+            "eth{index}: tap {tap_name}, MAC {}",
+            devices::virtio::net::format_mac(&mac)
+        );
+        net_stats.push((format!("eth{index} ({tap_name})"), net.stats()));
+        nets.push(net);
+    }
+
     let template = cpu_template(cfg.cpu_template);
     let vm = create_vm()?;
     let mem = memory::create(cfg.memory)?;
@@ -306,6 +349,9 @@ pub fn run(cfg: &VmConfig) -> Result<VmOutcome, Error> {
     let mut devices = device_manager::DeviceManager::new(&vm.fd, serial_out, start)?;
     for disk in disks {
         devices.add_virtio(&vm.fd, &mem, Box::new(disk))?;
+    }
+    for net in nets {
+        devices.add_virtio(&vm.fd, &mem, Box::new(net))?;
     }
 
     // The command line: defaults, what the PVM template needs, the devices, then the user's.
@@ -432,6 +478,13 @@ pub fn run(cfg: &VmConfig) -> Result<VmOutcome, Error> {
             .boot_time()
         {
             eprintln!("  guest boot time: {} ms", t.as_millis());
+        }
+        for (name, st) in &net_stats {
+            let s = st.snapshot();
+            eprintln!(
+                "  {name}: rx {} frames {} bytes ({} dropped), tx {} frames {} bytes ({} dropped), {} malformed chains",
+                s.rx_frames, s.rx_bytes, s.rx_dropped, s.tx_frames, s.tx_bytes, s.tx_dropped, s.malformed_chains
+            );
         }
     }
     Ok(outcome)
