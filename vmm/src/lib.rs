@@ -299,6 +299,13 @@ pub fn run(cfg: &VmConfig) -> Result<VmOutcome, Error> {
 
     let template = cpu_template(cfg.cpu_template);
     let vm = create_vm()?;
+    let kvm_max = vm.kvm.get_max_vcpus();
+    if usize::from(cfg.cpus) > kvm_max {
+        return Err(Error::Config(format!(
+            "--cpus {}: this host's KVM allows at most {kvm_max} vCPUs",
+            cfg.cpus
+        )));
+    }
     let mem = memory::create(cfg.memory)?;
     memory::register(&vm.fd, &mem)?;
 
@@ -512,12 +519,10 @@ fn stop_vcpus(control: &vcpu::VcpuControl, threads: Vec<std::thread::JoinHandle<
 
 /// Checks that need no file or KVM access.
 fn check_config(cfg: &VmConfig) -> Result<(), Error> {
-    if cfg.cpus == 0 {
-        return Err(Error::Config("--cpus must be at least 1".into()));
-    }
-    if cfg.cpus > 1 {
+    let max = arch::mptable::max_cpus().min(usize::from(u8::MAX));
+    if cfg.cpus == 0 || usize::from(cfg.cpus) > max {
         return Err(Error::Config(format!(
-            "--cpus {}: only 1 vCPU is supported so far",
+            "--cpus {}: must be between 1 and {max}",
             cfg.cpus
         )));
     }
