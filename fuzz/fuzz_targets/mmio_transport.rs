@@ -89,21 +89,58 @@ impl QueueSize {
 
 #[derive(Arbitrary, Debug)]
 enum Op {
-    Read { at: Offset, width: Width },
-    Write { at: Offset, width: Width, value: u64 },
+    Read {
+        at: Offset,
+        width: Width,
+    },
+    Write {
+        at: Offset,
+        width: Width,
+        value: u64,
+    },
     /// A 32-bit register write with a value likely to be meaningful.
-    WriteSmall { at: Offset, value: u16 },
+    WriteSmall {
+        at: Offset,
+        value: u16,
+    },
     /// The guest writes its RAM.
-    Memory { addr: u32, bytes: [u8; 8] },
+    Memory {
+        addr: u32,
+        bytes: [u8; 8],
+    },
     /// Reset, ACKNOWLEDGE, DRIVER, ack `features`, FEATURES_OK. With `honest`, the
     /// features are cut down to the offered ones plus VERSION_1, as a real driver does.
-    Negotiate { features: u64, honest: bool },
+    Negotiate {
+        features: u64,
+        honest: bool,
+    },
     /// Configure queue `index` and set it ready.
-    SetupQueue { index: u8, size: QueueSize, desc: u16, driver: u16, device: u16 },
+    SetupQueue {
+        index: u8,
+        size: QueueSize,
+        desc: u16,
+        driver: u16,
+        device: u16,
+    },
     /// Set DRIVER_OK.
     DriverOk,
     SignalUsed,
     SignalConfig,
+    /// The driver writes descriptor `index` of an active queue's table.
+    Descriptor {
+        queue: u8,
+        index: u16,
+        addr: u32,
+        len: u32,
+        flags: u16,
+        next: u16,
+    },
+    /// The driver makes `count` (up to 4) chains available on an active queue.
+    Publish {
+        queue: u8,
+        heads: [u16; 4],
+        count: u8,
+    },
     /// The dummy device processes its queues.
     RunDevice,
 }
@@ -143,7 +180,10 @@ impl VirtioDevice for Dummy {
         assert_eq!(ctx.queues.len(), 2);
         assert_eq!(ctx.queue_events.len(), 2);
         for q in ctx.queues.iter().filter(|q| q.ready()) {
-            assert!(q.is_valid(&ctx.mem), "transport handed over an invalid queue");
+            assert!(
+                q.is_valid(&ctx.mem),
+                "transport handed over an invalid queue"
+            );
         }
         let mut active = self.active.lock().unwrap();
         assert!(active.is_none(), "activated twice without reset");
@@ -186,19 +226,81 @@ fn run_device(active: &Shared) {
     }
 }
 
+/// The ring addresses of active queue `queue % 2` (the driver knows them: it chose them).
+fn active_rings(active: &Shared, queue: u8) -> Option<(u64, u64, u16)> {
+    let guard = active.lock().unwrap();
+    let q = guard.as_ref()?.queues.get(usize::from(queue % 2))?;
+    q.ready()
+        .then(|| (q.desc_table(), q.avail_ring(), q.size()))
+}
+
+fn write_descriptor(mem: &GuestMemoryMmap, active: &Shared, op: &Op) {
+    let Op::Descriptor {
+        queue,
+        index,
+        addr,
+        len,
+        flags,
+        next,
+    } = op
+    else {
+        return;
+    };
+    let Some((desc, _, size)) = active_rings(active, *queue) else {
+        return;
+    };
+    let at = desc + u64::from(index % size) * 16;
+    let mut raw = [0u8; 16];
+    raw[..8].copy_from_slice(&u64::from(*addr).to_le_bytes());
+    raw[8..12].copy_from_slice(&len.to_le_bytes());
+    raw[12..14].copy_from_slice(&flags.to_le_bytes());
+    raw[14..].copy_from_slice(&next.to_le_bytes());
+    let _ = mem.write_slice(&raw, GuestAddress(at));
+}
+
+fn publish(mem: &GuestMemoryMmap, active: &Shared, queue: u8, heads: &[u16; 4], count: u8) {
+    let Some((_, avail, size)) = active_rings(active, queue) else {
+        return;
+    };
+    let Ok(idx) = mem.read_obj::<u16>(GuestAddress(avail + 2)) else {
+        return;
+    };
+    let mut idx = idx;
+    for head in heads.iter().take(usize::from(count % 5)) {
+        let slot = avail + 4 + u64::from(idx % size) * 2;
+        let _ = mem.write_obj(*head, GuestAddress(slot));
+        idx = idx.wrapping_add(1);
+    }
+    let _ = mem.write_obj(idx, GuestAddress(avail + 2));
+}
+
 fn check_invariants(t: &MmioTransport, active: &Shared) {
     let s = t.status();
     if s & STATUS_DRIVER_OK != 0 {
-        assert_ne!(s & STATUS_FEATURES_OK, 0, "DRIVER_OK without FEATURES_OK: {s:#x}");
+        assert_ne!(
+            s & STATUS_FEATURES_OK,
+            0,
+            "DRIVER_OK without FEATURES_OK: {s:#x}"
+        );
     }
     if s & STATUS_FEATURES_OK != 0 {
-        assert_eq!(s & (STATUS_ACKNOWLEDGE | STATUS_DRIVER), 3, "bad status {s:#x}");
+        assert_eq!(
+            s & (STATUS_ACKNOWLEDGE | STATUS_DRIVER),
+            3,
+            "bad status {s:#x}"
+        );
     }
     if t.is_activated() {
-        assert!(active.lock().unwrap().is_some(), "activated without a context");
+        assert!(
+            active.lock().unwrap().is_some(),
+            "activated without a context"
+        );
     }
     if s == 0 {
-        assert!(active.lock().unwrap().is_none(), "reset did not stop the device");
+        assert!(
+            active.lock().unwrap().is_none(),
+            "reset did not stop the device"
+        );
     }
 }
 
@@ -253,8 +355,11 @@ fuzz_target!(|ops: Vec<Op>| {
             } => {
                 wr32(&mut t, 0x30, u32::from(*index % 3));
                 wr32(&mut t, 0x38, size.get());
-                for (lo, hi, a) in [(0x80, 0x84, desc), (0x90, 0x94, driver), (0xa0, 0xa4, device)]
-                {
+                for (lo, hi, a) in [
+                    (0x80, 0x84, desc),
+                    (0x90, 0x94, driver),
+                    (0xa0, 0xa4, device),
+                ] {
                     wr32(&mut t, lo, u32::from(*a) * 2);
                     wr32(&mut t, hi, 0);
                 }
@@ -266,6 +371,12 @@ fuzz_target!(|ops: Vec<Op>| {
             }
             Op::SignalUsed => interrupt.signal_used_queue(),
             Op::SignalConfig => interrupt.signal_config_change(),
+            Op::Descriptor { .. } => write_descriptor(&mem, &active, op),
+            Op::Publish {
+                queue,
+                heads,
+                count,
+            } => publish(&mem, &active, *queue, heads, *count),
             Op::RunDevice => run_device(&active),
         }
         check_invariants(&t, &active);
