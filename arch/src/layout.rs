@@ -9,6 +9,7 @@
 //! 0x0002_0000  kernel command line (up to CMDLINE_MAX_SIZE bytes)
 //! 0x0009_fc00  MP floating pointer + MP config table (EBDA, reserved in e820)
 //! 0x000a_0000  legacy VGA/ROM hole (not RAM)
+//! 0x000e_0000  ACPI RSDP, then the other ACPI tables, up to 1 MiB (BIOS area, not RAM)
 //! 0x0010_0000  HIMEM_START: bzImage protected-mode code; vmlinux loads where its ELF says
 //! ...          RAM up to min(memory, MMIO_HOLE_START)
 //! 0xc000_0000  MMIO hole: boot timer, virtio-mmio devices, IOAPIC, LAPIC, KVM TSS
@@ -45,6 +46,13 @@ pub const CMDLINE_MAX_SIZE: usize = 0x10000;
 pub const EBDA_START: u64 = 0x9fc00;
 /// End of low RAM (the 640 KiB boundary).
 pub const LOW_RAM_END: u64 = 0xa0000;
+/// The ACPI Root System Description Pointer, in the BIOS area where Linux scans for it
+/// (`0xE0000..0x100000`, 16-byte aligned); the other ACPI tables follow it. The area is
+/// backed by the VMM's first RAM region but not listed as RAM in the e820 map, so the
+/// kernel never reuses it.
+pub const ACPI_RSDP_START: u64 = 0xe_0000;
+/// End (exclusive) of the area the ACPI tables may use: the end of the BIOS area.
+pub const ACPI_TABLES_END: u64 = 0x10_0000;
 /// First byte above the legacy 1 MiB hole: where "high" RAM starts.
 pub const HIMEM_START: u64 = 0x10_0000;
 /// Start of the 32-bit MMIO hole. RAM that does not fit below it continues at 4 GiB.
@@ -81,3 +89,14 @@ pub const I8042_PORT: u16 = 0x60;
 pub const VIRTIO_IRQ_START: u32 = 5;
 /// Last IRQ line (inclusive) usable by devices: the IOAPIC has 24 pins.
 pub const IRQ_MAX: u32 = 23;
+/// Base of the ACPI power-management device's I/O ports (see
+/// `devices::legacy::acpi_pm`): sleep control at +0, sleep status at +1, GED event status
+/// at +2. 0x3c0 is the VGA attribute controller's port on a PC; minivmm has no VGA (the
+/// FADT says so), and the range is not one ACPICA refuses to access.
+pub const ACPI_PM_PORT: u16 = 0x3c0;
+/// Number of ports of the ACPI power-management device.
+pub const ACPI_PM_PORT_SIZE: u64 = 4;
+/// IRQ line (GSI) of the ACPI Generic Event Device, which the VMM raises for a power
+/// button press. IRQ 3 is COM2's line on a PC; minivmm has no COM2, and the line is below
+/// the virtio-mmio range ([`VIRTIO_IRQ_START`]).
+pub const ACPI_GED_IRQ: u32 = 3;

@@ -6,6 +6,7 @@
 //! memory, and the `vmm` crate applies them with ioctls. That keeps it unit-testable.
 #![deny(missing_docs)]
 
+pub mod acpi;
 pub mod cpuid;
 pub mod gdt;
 pub mod layout;
