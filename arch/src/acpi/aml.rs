@@ -83,10 +83,7 @@ pub const PKG_LENGTH_MAX: usize = (1 << 28) - 1;
 /// Whether `seg` is a valid NameSeg: a letter or `_`, then letters, digits or `_`.
 pub fn is_name_seg(seg: &[u8; 4]) -> bool {
     let lead = |c: u8| c.is_ascii_uppercase() || c == b'_';
-    lead(seg[0])
-        && seg[1..]
-            .iter()
-            .all(|&c| lead(c) || c.is_ascii_digit())
+    lead(seg[0]) && seg[1..].iter().all(|&c| lead(c) || c.is_ascii_digit())
 }
 
 /// A NameString of one segment, relative to the current scope: the 4 bytes of `seg`.
@@ -214,7 +211,10 @@ pub fn scope(path: &[u8], body: &[u8]) -> Vec<u8> {
 /// `DefDevice := ExtOpPrefix DeviceOp PkgLength NameString TermList`.
 /// ASL: `Device (COM1) { ... }`.
 pub fn device(seg: &[u8; 4], body: &[u8]) -> Vec<u8> {
-    with_pkg_length(&[EXT_OP_PREFIX, DEVICE_OP], &[&name_seg(seg), body].concat())
+    with_pkg_length(
+        &[EXT_OP_PREFIX, DEVICE_OP],
+        &[&name_seg(seg), body].concat(),
+    )
 }
 
 /// `DefMethod := MethodOp PkgLength NameString MethodFlags TermList`, where MethodFlags
@@ -240,7 +240,10 @@ pub fn package(elements: &[Vec<u8>]) -> Vec<u8> {
 /// `DefBuffer := BufferOp PkgLength BufferSize ByteList`, BufferSize being an integer
 /// ([`integer`]). ASL: `Buffer (0x02) { 0x79, 0x00 }`.
 pub fn buffer(bytes: &[u8]) -> Vec<u8> {
-    with_pkg_length(&[BUFFER_OP], &[integer(bytes.len() as u64), bytes.to_vec()].concat())
+    with_pkg_length(
+        &[BUFFER_OP],
+        &[integer(bytes.len() as u64), bytes.to_vec()].concat(),
+    )
 }
 
 /// `ResourceTemplate () { ... }`: a [`buffer`] holding the resource descriptors followed
@@ -408,10 +411,7 @@ mod tests {
         assert_eq!(integer(5), vec![0x0a, 0x05]);
         assert_eq!(integer(0x3c2), vec![0x0b, 0xc2, 0x03]);
         assert_eq!(integer(0xc000_1000), vec![0x0c, 0x00, 0x10, 0x00, 0xc0]);
-        assert_eq!(
-            integer(0x1_0000_0000),
-            vec![0x0e, 0, 0, 0, 0, 1, 0, 0, 0]
-        );
+        assert_eq!(integer(0x1_0000_0000), vec![0x0e, 0, 0, 0, 0, 1, 0, 0, 0]);
     }
 
     #[test]
@@ -454,6 +454,9 @@ mod tests {
         };
         assert_eq!(interrupt(level_low_shared, 40)[3], 0x0d);
         // An empty template is a 2-byte buffer holding the End Tag.
-        assert_eq!(resource_template(&[]), vec![0x11, 0x05, 0x0a, 0x02, 0x79, 0x00]);
+        assert_eq!(
+            resource_template(&[]),
+            vec![0x11, 0x05, 0x0a, 0x02, 0x79, 0x00]
+        );
     }
 }

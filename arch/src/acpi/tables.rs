@@ -282,7 +282,10 @@ mod tests {
         assert_eq!(r[15], 2);
         assert_eq!(le32(&r, 16), 0);
         assert_eq!(le32(&r, 20), 36);
-        assert_eq!(u64::from_le_bytes(r[24..32].try_into().unwrap()), 0x1234_5678_9abc);
+        assert_eq!(
+            u64::from_le_bytes(r[24..32].try_into().unwrap()),
+            0x1234_5678_9abc
+        );
     }
 
     #[test]

@@ -41,7 +41,12 @@ fn table(mem: &GuestMemoryMmap, addr: u64, signature: &[u8; 4]) -> Vec<u8> {
     let len = le32(&hdr, 4) as usize;
     assert!(len >= SDT_HEADER_SIZE);
     let t = read(mem, addr, len);
-    assert_eq!(sum(&t), 0, "{} checksum", String::from_utf8_lossy(signature));
+    assert_eq!(
+        sum(&t),
+        0,
+        "{} checksum",
+        String::from_utf8_lossy(signature)
+    );
     assert!(addr + len as u64 <= crate::layout::ACPI_TABLES_END);
     t
 }
@@ -72,7 +77,10 @@ fn discover(mem: &GuestMemoryMmap) -> Found {
         let addr = le64(entry, 0);
         let sig: [u8; 4] = read(mem, addr, 4).try_into().unwrap();
         let t = table(mem, addr, &sig);
-        assert!(tables.insert(sig, (addr, t)).is_none(), "one table per signature");
+        assert!(
+            tables.insert(sig, (addr, t)).is_none(),
+            "one table per signature"
+        );
     }
     let fadt = &tables[b"FACP"].1;
     let dsdt_addr = le64(fadt, fadt_offset::X_DSDT);
@@ -129,7 +137,10 @@ fn fadt_is_hardware_reduced_with_sleep_registers() {
     assert_eq!(f[fadt_offset::MINOR_VERSION], 5);
     let flags = le32(f, fadt_offset::FLAGS);
     assert_eq!(flags, (1 << 20) | (1 << 4) | (1 << 5));
-    assert_eq!(le16(f, fadt_offset::IAPC_BOOT_ARCH), (1 << 2) | (1 << 3) | (1 << 5));
+    assert_eq!(
+        le16(f, fadt_offset::IAPC_BOOT_ARCH),
+        (1 << 2) | (1 << 3) | (1 << 5)
+    );
     // Sleep control: 8-bit port 0x3c0, byte access. Sleep status: port 0x3c1.
     assert_eq!(
         &f[fadt_offset::SLEEP_CONTROL_REG..fadt_offset::SLEEP_CONTROL_REG + 12],
@@ -180,7 +191,10 @@ fn madt_for_1_2_8_cpus() {
         let (kind, ioapic) = &entries[usize::from(n)];
         assert_eq!(*kind, 1);
         assert_eq!(ioapic.len(), 12);
-        assert_eq!(ioapic[2], n, "I/O APIC id follows the CPUs', as in the MP table");
+        assert_eq!(
+            ioapic[2], n,
+            "I/O APIC id follows the CPUs', as in the MP table"
+        );
         assert_eq!(le32(ioapic, 4), IOAPIC_START as u32);
         assert_eq!(le32(ioapic, 8), 0, "GSI base");
         let (kind, nmi) = &entries[usize::from(n) + 1];
@@ -251,7 +265,11 @@ fn largest_config_fits() {
         .map(|(a, t)| a + t.len() as u64)
         .max()
         .unwrap();
-    assert!(end - ACPI_RSDP_START < 6 * 1024, "{} bytes", end - ACPI_RSDP_START);
+    assert!(
+        end - ACPI_RSDP_START < 6 * 1024,
+        "{} bytes",
+        end - ACPI_RSDP_START
+    );
     let entries = madt_entries(&found.tables[b"APIC"].1);
     assert_eq!(entries.iter().filter(|(k, _)| *k == 0).count(), 254);
 }
@@ -300,7 +318,9 @@ fn disassemble(iasl: &Path, name: &str, table: &[u8]) -> String {
 #[test]
 fn iasl_decodes_our_tables() {
     let Some(iasl) = iasl() else {
-        eprintln!("iasl not on PATH: skipping the disassembly check (apt-get install acpica-tools)");
+        eprintln!(
+            "iasl not on PATH: skipping the disassembly check (apt-get install acpica-tools)"
+        );
         return;
     };
     let mem = mem();
@@ -367,5 +387,8 @@ fn iasl_decodes_our_tables() {
 
 /// `s` with runs of spaces collapsed, to compare iasl's column-aligned lines.
 fn squash(s: &str) -> String {
-    s.split(' ').filter(|w| !w.is_empty()).collect::<Vec<_>>().join(" ")
+    s.split(' ')
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
