@@ -1,6 +1,7 @@
 //! x86_64 architecture support for minivmm: the guest address map, and everything that
 //! turns a blank vCPU into one that can enter a 64-bit Linux kernel (registers, GDT, page
-//! tables, MSRs), plus the tables a kernel reads to find its CPUs (MP table, CPUID).
+//! tables, MSRs), plus the tables a kernel reads to find its CPUs and devices (MP table,
+//! ACPI, CPUID).
 //!
 //! Nothing here talks to KVM: functions build `kvm-bindings` structures or write guest
 //! memory, and the `vmm` crate applies them with ioctls. That keeps it unit-testable.

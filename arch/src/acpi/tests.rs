@@ -283,12 +283,16 @@ fn memory_without_the_bios_area() {
     ));
 }
 
-/// `iasl`, if installed (Debian package `acpica-tools`).
-fn iasl() -> Option<PathBuf> {
+/// `tool` (`iasl`, `acpiexec`), if installed (Debian package `acpica-tools`).
+fn acpica_tool(tool: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
-        .map(|d| d.join("iasl"))
+        .map(|d| d.join(tool))
         .find(|p| p.is_file())
+}
+
+fn iasl() -> Option<PathBuf> {
+    acpica_tool("iasl")
 }
 
 /// Disassembles `table` with `iasl -d` in a fresh directory and returns the ASL text.
@@ -391,4 +395,60 @@ fn squash(s: &str) -> String {
         .filter(|w| !w.is_empty())
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Runs our DSDT in ACPICA's own interpreter (`acpiexec`, the code Linux uses), with the
+/// I/O region reading `fill` (so `GEVT` reads `fill`), and returns its output.
+fn acpiexec(tool: &Path, dsdt: &[u8], fill: u8, commands: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("minivmm-acpiexec-{}-{fill}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("dsdt.aml");
+    std::fs::write(&file, dsdt).unwrap();
+    let out = Command::new(tool)
+        .arg("-fv")
+        .arg(fill.to_string())
+        .arg("-b")
+        .arg(commands)
+        .arg(&file)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn acpica_runs_s5_and_the_power_button_method() {
+    let Some(tool) = acpica_tool("acpiexec") else {
+        eprintln!(
+            "acpiexec not on PATH: skipping the AML execution check (apt-get install acpica-tools)"
+        );
+        return;
+    };
+    let mem = mem();
+    setup_acpi(&mem, &config(1, 1)).unwrap();
+    let dsdt = discover(&mem).tables[b"DSDT"].1.clone();
+
+    // \_S5_ evaluates to a package whose first element is the S5 sleep type, and _EVT,
+    // seeing the power-button bit, notifies PWRB with 0x80.
+    let cmds = "evaluate \\_S5_; evaluate \\_SB.GED0._EVT 3";
+    let pressed = acpiexec(&tool, &dsdt, GED_EVENT_POWER_BUTTON, cmds);
+    assert!(
+        pressed.contains("[Integer] = 0000000000000005"),
+        "{pressed}"
+    );
+    assert!(
+        pressed.contains("Notify on [PWRB]") && pressed.contains("Value 0x80"),
+        "{pressed}"
+    );
+    assert!(!pressed.contains("AE_"), "an ACPICA error: {pressed}");
+
+    // With the bit clear, no notification.
+    let idle = acpiexec(&tool, &dsdt, 0, cmds);
+    assert!(idle.contains("Evaluating \\_SB.GED0._EVT"), "{idle}");
+    assert!(!idle.contains("Notify"), "{idle}");
 }
