@@ -83,6 +83,7 @@ mod tests {
                 cmdline_addr,
                 cmdline_size,
                 initrd: Some(initrd),
+                acpi_rsdp: None,
                 e820: e820::e820_map(size).unwrap(),
                 mem_size: size,
             },

@@ -60,6 +60,9 @@ pub struct ZeroPageParams {
     pub e820: Vec<E820Entry>,
     /// Guest memory size in bytes.
     pub mem_size: u64,
+    /// Where the ACPI RSDP is, if the VMM wrote ACPI tables (`acpi_rsdp_addr`, protocol
+    /// 2.14: saves the kernel its scan of the BIOS area).
+    pub acpi_rsdp: Option<GuestAddress>,
 }
 
 /// Errors from writing the zero page.
@@ -114,6 +117,9 @@ pub fn write_zero_page(mem: &GuestMemoryMmap, params: ZeroPageParams) -> Result<
         bp.hdr.ramdisk_image = fit_u32("initrd address", addr.0)?;
         bp.hdr.ramdisk_size = fit_u32("initrd size", size as u64)?;
     }
+    if let Some(rsdp) = params.acpi_rsdp {
+        bp.acpi_rsdp_addr = rsdp.0;
+    }
     let above_1m_kib = params.mem_size.saturating_sub(HIMEM_START) >> 10;
     bp.alt_mem_k = u32::try_from(above_1m_kib).unwrap_or(u32::MAX);
     for (slot, e) in bp.e820_table.iter_mut().zip(&params.e820) {
@@ -148,6 +154,7 @@ mod tests {
             cmdline_addr: GuestAddress(0x20000),
             cmdline_size: 30,
             initrd: Some((GuestAddress(0x3f00_0000), 0x12_3456)),
+            acpi_rsdp: Some(GuestAddress(0xe0000)),
             e820: e820_map(1 << 30).unwrap(),
             mem_size: 1 << 30,
         }
@@ -168,6 +175,7 @@ mod tests {
         assert_eq!({ h.cmdline_size }, 30);
         assert_eq!({ h.ramdisk_image }, 0x3f00_0000);
         assert_eq!({ h.ramdisk_size }, 0x12_3456);
+        assert_eq!({ bp.acpi_rsdp_addr }, 0xe0000);
         assert_eq!({ h.kernel_alignment }, 0x100_0000);
         assert_eq!({ bp.alt_mem_k }, ((1 << 30) - (1 << 20)) >> 10);
         assert_eq!(bp.e820_entries, 3);

@@ -108,6 +108,18 @@ struct Args {
     #[arg(long, value_enum, default_value = "auto")]
     cpu_template: CpuTemplateArg,
 
+    /// Do not write ACPI tables: describe the machine with the MP table, and the virtio
+    /// devices with virtio_mmio.device= entries on the kernel command line (for kernels
+    /// without CONFIG_ACPI). With ACPI (the default), poweroff in the guest ends the VM
+    /// and SIGTERM presses the guest's power button.
+    #[arg(long)]
+    no_acpi: bool,
+
+    /// After SIGTERM has pressed the ACPI power button, how long to wait for the guest to
+    /// power off before stopping it hard (exit code 143): e.g. 30s, 500ms, 10 (seconds).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    shutdown_timeout: std::time::Duration,
+
     /// Print KVM exit statistics when the VM ends.
     #[arg(long)]
     stats: bool,
@@ -175,6 +187,21 @@ fn parse_net(s: &str) -> Result<NetConfig, String> {
     }
     let backend = backend.ok_or_else(|| format!("'{s}': needs tap=NAME or bridge=BR"))?;
     Ok(NetConfig { backend, mac })
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("'{s}': expected a duration such as 30s, 500ms or 10");
+    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000)
+    } else {
+        (s, 1000)
+    };
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    n.checked_mul(scale)
+        .map(std::time::Duration::from_millis)
+        .ok_or_else(bad)
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
@@ -300,6 +327,8 @@ fn main() -> ExitCode {
         nets: args.net,
         stats: args.stats,
         name: args.name,
+        acpi: !args.no_acpi,
+        shutdown_timeout: args.shutdown_timeout,
         ..VmConfig::new(kernel)
     };
 
@@ -377,6 +406,17 @@ mod tests {
         assert!(parse_net("bridge=br0,mac=zz").is_err());
         assert!(parse_net("bridge=").is_err());
         assert!(parse_net("vde=x").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("99999999999999999999s").is_err());
     }
 
     #[test]

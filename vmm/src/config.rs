@@ -71,6 +71,13 @@ pub struct VmConfig {
     pub stats: bool,
     /// A name for the VM; seeds the derived MAC addresses (see [`VmConfig::mac_seed`]).
     pub name: Option<String>,
+    /// Describe the machine with ACPI tables (CPUs, IOAPIC, COM1, virtio devices, power
+    /// button). Without ACPI, the MP table and `virtio_mmio.device=` entries on the kernel
+    /// command line do it.
+    pub acpi: bool,
+    /// How long a SIGTERM waits for the guest to shut down after the ACPI power button,
+    /// before the VM is stopped hard.
+    pub shutdown_timeout: std::time::Duration,
 }
 
 impl VmConfig {
@@ -88,6 +95,8 @@ impl VmConfig {
             nets: Vec::new(),
             stats: false,
             name: None,
+            acpi: true,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
         }
     }
 
@@ -108,6 +117,9 @@ impl VmConfig {
         seed
     }
 }
+
+/// Default `--shutdown-timeout`.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Default guest RAM: 256 MiB.
 pub const DEFAULT_MEMORY: u64 = 256 << 20;

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arch::layout;
-use devices::legacy::{BootTimer, SerialDevice, I8042};
+use devices::legacy::{AcpiPm, BootTimer, SerialDevice, I8042};
 use devices::virtio::mmio::MmioTransport;
 use devices::virtio::{VirtioDevice, VirtioInterrupt};
 use devices::{EventFdInterrupt, Interrupt};
@@ -65,6 +65,23 @@ const _: () = assert!(
     layout::VIRTIO_MMIO_START + layout::VIRTIO_MMIO_MAX_DEVICES * layout::VIRTIO_MMIO_SIZE
         <= layout::IOAPIC_START
 );
+
+// The ACPI tables (arch) and the PM device (devices) must agree on the registers; devices
+// cannot depend on arch, so the values are checked here, where both are visible.
+const _: () = {
+    use devices::legacy::acpi_pm;
+    assert!(arch::acpi::S5_SLEEP_TYPE == acpi_pm::S5_SLEEP_TYPE);
+    assert!(arch::acpi::GED_EVENT_POWER_BUTTON == acpi_pm::GED_EVENT_POWER_BUTTON);
+    assert!(
+        arch::acpi::GED_EVENT_PORT as u64
+            == layout::ACPI_PM_PORT as u64 + acpi_pm::GED_EVENT_OFFSET
+    );
+    assert!(
+        arch::acpi::SLEEP_CONTROL_PORT as u64
+            == layout::ACPI_PM_PORT as u64 + acpi_pm::SLEEP_CONTROL_OFFSET
+    );
+    assert!(layout::ACPI_PM_PORT_SIZE == acpi_pm::PORT_COUNT);
+};
 
 /// Where a virtio-mmio device lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +137,12 @@ pub struct DeviceManager {
     pub serial: Arc<Mutex<SerialDevice>>,
     /// Signalled by the i8042 when the guest asks for a CPU reset.
     pub reset_evt: EventFd,
+    /// Signalled by the ACPI PM device when the guest enters S5 (power off).
+    pub poweroff_evt: EventFd,
+    /// The ACPI power-management device, to press the power button.
+    pub acpi_pm: Arc<Mutex<AcpiPm>>,
+    /// Where each virtio device lives, in order (for the ACPI DSDT).
+    pub virtio_slots: Vec<MmioSlot>,
     /// The boot timer, to report the boot time at the end.
     pub boot_timer: Arc<Mutex<BootTimer>>,
     /// Command-line entries that describe the virtio devices to Linux.
@@ -156,6 +179,19 @@ impl DeviceManager {
         let i8042 = I8042::new(reset_evt.try_clone().map_err(DeviceError::EventFd)?);
         pio.insert(Arc::new(Mutex::new(i8042)), layout::I8042_PORT.into(), 5)?;
 
+        // ACPI sleep control/status and GED registers. Harmless without ACPI: nothing
+        // tells the guest it is there.
+        let poweroff_evt = EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
+        let acpi_pm = Arc::new(Mutex::new(AcpiPm::new(
+            poweroff_evt.try_clone().map_err(DeviceError::EventFd)?,
+            irq_line(vm, layout::ACPI_GED_IRQ)?,
+        )));
+        pio.insert(
+            acpi_pm.clone(),
+            layout::ACPI_PM_PORT.into(),
+            layout::ACPI_PM_PORT_SIZE,
+        )?;
+
         let boot_timer = Arc::new(Mutex::new(BootTimer::new(start)));
         mmio.insert(
             boot_timer.clone(),
@@ -168,6 +204,9 @@ impl DeviceManager {
             mmio,
             serial,
             reset_evt,
+            poweroff_evt,
+            acpi_pm,
+            virtio_slots: Vec::new(),
             boot_timer,
             cmdline_entries: Vec::new(),
             slots: SlotAllocator::default(),
@@ -199,6 +238,7 @@ impl DeviceManager {
         self.mmio
             .insert(transport.clone(), slot.base, layout::VIRTIO_MMIO_SIZE)?;
         self.virtio.push(transport);
+        self.virtio_slots.push(slot);
         self.cmdline_entries.push(format!(
             "virtio_mmio.device=4K@{:#x}:{}",
             slot.base, slot.irq

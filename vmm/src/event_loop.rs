@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use vmm_sys_util::eventfd::EventFd;
 
-use devices::legacy::SerialDevice;
+use devices::legacy::{AcpiPm, SerialDevice};
 
 use crate::{ExitSlot, VmOutcome};
 
@@ -52,6 +52,8 @@ const TOKEN_RESET: u32 = 1;
 const TOKEN_EXIT: u32 = 2;
 const TOKEN_SIGNAL: u32 = 3;
 const TOKEN_TIMER: u32 = 4;
+const TOKEN_POWEROFF: u32 = 5;
+const TOKEN_SHUTDOWN_TIMER: u32 = 6;
 
 /// Bytes waiting for room in the guest's receive FIFO are retried every this many ms.
 const INPUT_RETRY_MS: i64 = 5;
@@ -62,6 +64,13 @@ pub struct Controller {
     /// Read from stdin (None when the console is not interactive).
     stdin: Option<i32>,
     reset_evt: EventFd,
+    poweroff_evt: EventFd,
+    /// The power button and how long to wait after pressing it (ACPI only).
+    power_button: Option<(Arc<Mutex<AcpiPm>>, std::time::Duration)>,
+    /// Armed when the power button was pressed: the hard-stop deadline.
+    shutdown_timer: OwnedFd,
+    /// The signal that asked for the shutdown.
+    shutdown_signal: Option<i32>,
     exit: Arc<ExitSlot>,
     signals: OwnedFd,
     timer: OwnedFd,
@@ -143,17 +152,24 @@ fn read_fd(fd: i32, buf: &mut [u8]) -> isize {
 }
 
 impl Controller {
-    /// A controller feeding `stdin` (if any) into `serial`.
+    /// A controller feeding `stdin` (if any) into `serial`. With `power_button`, SIGTERM
+    /// presses the ACPI power button and stops the VM hard only after the timeout.
     pub fn new(
         serial: Arc<Mutex<SerialDevice>>,
         stdin: Option<i32>,
         reset_evt: EventFd,
+        poweroff_evt: EventFd,
+        power_button: Option<(Arc<Mutex<AcpiPm>>, std::time::Duration)>,
         exit: Arc<ExitSlot>,
     ) -> std::io::Result<Self> {
         Ok(Self {
             serial,
             stdin,
             reset_evt,
+            poweroff_evt,
+            power_button,
+            shutdown_timer: timerfd()?,
+            shutdown_signal: None,
             exit,
             signals: exit_signals_fd()?,
             timer: timerfd()?,
@@ -210,8 +226,33 @@ impl Controller {
                 size,
             )
         };
-        if n == size as isize {
-            self.exit.set(VmOutcome::Signal(info.ssi_signo as i32));
+        if n != size as isize {
+            return;
+        }
+        let signo = info.ssi_signo as i32;
+        match (&self.power_button, self.shutdown_signal) {
+            // First SIGTERM with ACPI: ask the guest to shut down, stop it hard later.
+            (Some((pm, timeout)), None) if signo == libc::SIGTERM => {
+                let pressed = pm
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .press_power_button();
+                match pressed {
+                    Ok(()) => {
+                        log::info!(
+                            "SIGTERM: pressed the ACPI power button; stopping hard in {timeout:?}"
+                        );
+                        self.shutdown_signal = Some(signo);
+                        arm(&self.shutdown_timer, timeout.as_millis().max(1) as i64);
+                    }
+                    Err(e) => {
+                        log::warn!("SIGTERM: power button failed ({e}); stopping now");
+                        self.exit.set(VmOutcome::Signal(signo));
+                    }
+                }
+            }
+            // Anything else (or a second SIGTERM): stop now.
+            _ => self.exit.set(VmOutcome::Signal(signo)),
         }
     }
 }
@@ -229,6 +270,18 @@ impl MutEventSubscriber for Controller {
                 let _ = self.exit.event.read();
             }
             TOKEN_SIGNAL => self.on_signal(),
+            TOKEN_POWEROFF => {
+                let _ = self.poweroff_evt.read();
+                self.exit.set(VmOutcome::PowerOff);
+            }
+            TOKEN_SHUTDOWN_TIMER => {
+                let mut buf = [0u8; 8];
+                read_fd(self.shutdown_timer.as_raw_fd(), &mut buf);
+                log::warn!("the guest did not shut down in time: stopping it");
+                self.exit.set(VmOutcome::Signal(
+                    self.shutdown_signal.unwrap_or(libc::SIGTERM),
+                ));
+            }
             TOKEN_TIMER => {
                 let mut buf = [0u8; 8];
                 read_fd(self.timer.as_raw_fd(), &mut buf);
@@ -239,14 +292,19 @@ impl MutEventSubscriber for Controller {
     }
 
     fn init(&mut self, ops: &mut EventOps) {
+        if let Some(fd) = self.stdin {
+            // /dev/null and regular files cannot be polled (EPERM): no console input then.
+            if let Err(e) = ops.add(Events::with_data_raw(fd, TOKEN_STDIN, EventSet::IN)) {
+                log::debug!("stdin cannot be watched ({e}): the guest gets no console input");
+            }
+        }
         let mut add = |fd: i32, token: u32| {
             if let Err(e) = ops.add(Events::with_data_raw(fd, token, EventSet::IN)) {
                 log::error!("event loop: cannot watch fd {fd}: {e}");
             }
         };
-        if let Some(fd) = self.stdin {
-            add(fd, TOKEN_STDIN);
-        }
+        add(self.poweroff_evt.as_raw_fd(), TOKEN_POWEROFF);
+        add(self.shutdown_timer.as_raw_fd(), TOKEN_SHUTDOWN_TIMER);
         add(self.reset_evt.as_raw_fd(), TOKEN_RESET);
         add(self.exit.event.as_raw_fd(), TOKEN_EXIT);
         add(self.signals.as_raw_fd(), TOKEN_SIGNAL);

@@ -382,9 +382,26 @@ pub fn run(cfg: &VmConfig) -> Result<VmOutcome, Error> {
     let (cmdline_addr, cmdline_size) =
         boot::cmdline::write_cmdline(&mem, &cmdline).map_err(Error::Cmdline)?;
 
-    // Boot tables: MP table (CPUs and IOAPIC), zero page (e820, command line, initrd).
+    // Boot tables: MP table (CPUs and IOAPIC; Linux ignores it when it finds ACPI), ACPI
+    // tables, zero page (e820, command line, initrd, where the ACPI tables are).
     arch::mptable::setup_mptable(&mem, cfg.cpus, arch::layout::IRQ_MAX)
         .map_err(|e| Error::BootData(format!("MP table: {e}")))?;
+    let acpi_rsdp = if cfg.acpi {
+        let acpi = arch::acpi::AcpiConfig {
+            num_cpus: cfg.cpus,
+            virtio_devices: devices
+                .virtio_slots
+                .iter()
+                .map(|s| (s.base, s.irq))
+                .collect(),
+        };
+        Some(
+            arch::acpi::setup_acpi(&mem, &acpi)
+                .map_err(|e| Error::BootData(format!("ACPI tables: {e}")))?,
+        )
+    } else {
+        None
+    };
     boot::zeropage::write_zero_page(
         &mem,
         boot::zeropage::ZeroPageParams {
@@ -394,6 +411,7 @@ pub fn run(cfg: &VmConfig) -> Result<VmOutcome, Error> {
             initrd,
             e820: boot::e820::e820_map(cfg.memory).map_err(memory::MemoryError::Layout)?,
             mem_size: cfg.memory,
+            acpi_rsdp,
         },
     )
     .map_err(|e| Error::BootData(format!("zero page: {e}")))?;
@@ -458,6 +476,12 @@ pub fn run(cfg: &VmConfig) -> Result<VmOutcome, Error> {
             .reset_evt
             .try_clone()
             .map_err(|e| Error::Host(format!("eventfd: {e}")))?,
+        devices
+            .poweroff_evt
+            .try_clone()
+            .map_err(|e| Error::Host(format!("eventfd: {e}")))?,
+        cfg.acpi
+            .then(|| (devices.acpi_pm.clone(), cfg.shutdown_timeout)),
         exit.clone(),
     )
     .map_err(|e| Error::Host(format!("event loop: {e}")))?;
