@@ -80,7 +80,9 @@ fn guest_panic_ends_the_vm() {
 
 /// The `user` ticks of cpu0 and cpu1 in a /proc/stat dump that follows `tag`.
 fn cpu_user_ticks(out: &str, tag: &str) -> (u64, u64) {
-    let start = out.find(tag).unwrap_or_else(|| panic!("{tag} missing:\n{out}"));
+    let start = out
+        .find(tag)
+        .unwrap_or_else(|| panic!("{tag} missing:\n{out}"));
     let mut ticks = [None, None];
     for line in out[start..].lines() {
         for (i, name) in ["cpu0 ", "cpu1 "].iter().enumerate() {
@@ -111,7 +113,10 @@ fn two_vcpus_both_run_work() {
     assert!(f.stdout.contains("cpus=2"), "{f}");
     let (a0, b0) = cpu_user_ticks(&f.stdout, "STAT0");
     let (a1, b1) = cpu_user_ticks(&f.stdout, "STAT1");
-    assert!(a1 >= a0 + 30 && b1 >= b0 + 30, "cpu0 {a0}->{a1}, cpu1 {b0}->{b1}\n{f}");
+    assert!(
+        a1 >= a0 + 30 && b1 >= b0 + 30,
+        "cpu0 {a0}->{a1}, cpu1 {b0}->{b1}\n{f}"
+    );
     let times = f.stdout.lines().find(|l| l.contains("one=")).unwrap_or("");
     eprintln!("busy loops: {times}");
 }
