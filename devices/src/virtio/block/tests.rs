@@ -1190,3 +1190,72 @@ fn image_grown_or_shrunk_behind_our_back() {
     let (st, _) = run(&blk, &mut drv, &[hdr(), (DATA, 512, true), status()]);
     assert_eq!(st, IOERR);
 }
+
+/// A block device as the image: capacity comes from BLKGETSIZE64, I/O and discard work.
+/// Needs a scratch block device whose contents may be destroyed, e.g. a loop device:
+/// `truncate -s 1M /tmp/x.img && losetup -f --show /tmp/x.img`, then
+/// `MINIVMM_TEST_BLOCKDEV=/dev/loopN cargo test -p devices block_device -- --ignored`.
+#[test]
+#[ignore = "needs a scratch block device in MINIVMM_TEST_BLOCKDEV"]
+fn block_device_image() {
+    let path = std::env::var("MINIVMM_TEST_BLOCKDEV").expect("MINIVMM_TEST_BLOCKDEV not set");
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let size = dev.metadata().unwrap().len();
+    assert_eq!(size, 0, "metadata does not give a block device's size");
+    let blk = Block::new(BlockConfig {
+        path: path.clone().into(),
+        read_only: false,
+        serial: None,
+    })
+    .unwrap();
+    let end = std::fs::File::open(&path)
+        .and_then(|mut f| std::io::Seek::seek(&mut f, std::io::SeekFrom::End(0)))
+        .unwrap();
+    assert!(end > 0);
+    assert_eq!(blk.capacity(), end / SECTOR_SIZE);
+
+    let mut drv = Driver::new();
+    drv.mem
+        .write_slice(&[0x77; 1024], GuestAddress(DATA))
+        .unwrap();
+    drv.header(HDR, VIRTIO_BLK_T_OUT, 4);
+    assert_eq!(
+        run(&blk, &mut drv, &[hdr(), (DATA, 1024, false), status()]),
+        (OK, 1)
+    );
+    drv.header(HDR, VIRTIO_BLK_T_FLUSH, 0);
+    assert_eq!(run(&blk, &mut drv, &[hdr(), status()]), (OK, 1));
+    let mut back = vec![0u8; 1024];
+    dev.read_exact_at(&mut back, 4 * 512).unwrap();
+    assert_eq!(back, vec![0x77; 1024]);
+    drv.header(HDR, VIRTIO_BLK_T_WRITE_ZEROES, 0);
+    drv.segment(DATA + 0x1000, 4, 2, 0);
+    assert_eq!(
+        run(
+            &blk,
+            &mut drv,
+            &[hdr(), (DATA + 0x1000, 16, false), status()]
+        ),
+        (OK, 1)
+    );
+    drv.header(HDR, VIRTIO_BLK_T_IN, 4);
+    assert_eq!(
+        run(&blk, &mut drv, &[hdr(), (DATA, 1024, true), status()]),
+        (OK, 1025)
+    );
+    assert_eq!(drv.bytes(DATA, 1024), vec![0; 1024]);
+    drv.header(HDR, VIRTIO_BLK_T_DISCARD, 0);
+    drv.segment(DATA + 0x1000, 0, 8, 0);
+    assert_eq!(
+        run(
+            &blk,
+            &mut drv,
+            &[hdr(), (DATA + 0x1000, 16, false), status()]
+        ),
+        (OK, 1)
+    );
+}
