@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""Boot benchmark: minivmm against QEMU microvm, same kernel, initramfs and command line,
+alternating, N rounds. Not a test: it prints a markdown table for docs/benchmarks.md.
+
+Measured per boot, from the moment the VMM process is started:
+  - init:  wall time until the guest's /init prints "minivmm-guest: init ready" on the
+           serial console (both VMMs, same clock, same marker);
+  - total: wall time until the VMM process exits after the guest's `reboot -f`;
+  - rss:   the VMM's resident memory beyond guest RAM, 3 s after init while the guest
+           idles (`sleep`): VmRSS minus the Rss of the guest-RAM mapping (the anonymous
+           mapping of exactly --memory bytes, found in /proc/PID/smaps).
+
+Usage: resources/bench/boot.py [--rounds N] [--kernel vmlinux|bzImage]
+Needs root (/dev/kvm), qemu-system-x86 (installed if missing), the test guest
+(resources/guest/build.sh) and a release build of minivmm.
+"""
+import argparse, os, re, shutil, statistics, subprocess, sys, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MEM_MIB = 256
+MARKER = b"minivmm-guest: init ready"
+# What minivmm's pvm CPU template adds on PVM hosts; QEMU gets the same so that both boot
+# the same kernel the same way (QEMU's -cpu flags below hide the same CPUID bits).
+PVM_CMDLINE = "clearcpuid=smap,smep,pcid,popcnt,xsave,avx,fsgsbase,invpcid,rdrand"
+PVM_QEMU_CPU = "host,-xsave,-avx,-smap,-smep,-pcid,-popcnt,-fsgsbase,-invpcid,-rdrand"
+
+
+def sh(*cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def guest_rss_kib(pid):
+    """VmRSS and the Rss of the guest RAM mapping, in KiB."""
+    total = int(re.search(r"VmRSS:\s+(\d+)", open(f"/proc/{pid}/status").read()).group(1))
+    guest = 0
+    size = rss = None
+    for line in open(f"/proc/{pid}/smaps"):
+        if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+            size = rss = None
+        elif line.startswith("Size:"):
+            size = int(line.split()[1])
+        elif line.startswith("Rss:"):
+            rss = int(line.split()[1])
+            if size == MEM_MIB * 1024:
+                guest = max(guest, rss)
+    return total, guest
+
+
+def boot(cmd, idle_s):
+    """Start cmd, wait for the marker, sample memory while the guest idles, wait for exit."""
+    t0 = time.monotonic()
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT)
+    out = b""
+    t_init = None
+    os.set_blocking(p.stdout.fileno(), False)
+    rss = None
+    while True:
+        chunk = p.stdout.read()
+        if chunk:
+            out += chunk
+        if t_init is None and MARKER in out:
+            t_init = time.monotonic() - t0
+        if t_init is not None and rss is None and time.monotonic() - t0 > t_init + idle_s:
+            total, guest = guest_rss_kib(p.pid)
+            rss = (total - guest) / 1024
+        if p.poll() is not None:
+            out += p.stdout.read() or b""
+            break
+        if time.monotonic() - t0 > 600:
+            p.kill()
+            raise SystemExit(f"boot did not finish in 600 s: {' '.join(cmd)}\n{out[-2000:]!r}")
+        time.sleep(0.01)
+    total_t = time.monotonic() - t0
+    if t_init is None or p.returncode != 0:
+        raise SystemExit(f"boot failed (rc {p.returncode}): {' '.join(cmd)}\n{out[-3000:].decode(errors='replace')}")
+    return t_init, total_t, rss
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--kernel", default="vmlinux")
+    ap.add_argument("--idle", type=float, default=3.0, help="seconds after init before sampling memory")
+    a = ap.parse_args()
+
+    if not shutil.which("qemu-system-x86_64"):
+        sh("apt-get", "install", "-y", "-q", "qemu-system-x86")
+    guest = subprocess.run(["bash", f"{ROOT}/resources/guest/build.sh"], check=True,
+                           stdout=subprocess.PIPE, text=True).stdout.strip().splitlines()[-1]
+    sh("cargo", "build", "-q", "--release", "-p", "minivmm", cwd=ROOT)
+    minivmm = f"{ROOT}/target/release/minivmm"
+    kernel, initrd = f"{guest}/{a.kernel}", f"{guest}/initramfs.cpio"
+    pvm = os.path.exists("/sys/module/kvm_pvm")
+    run = f'minivmm_run="sleep {a.idle + 2:.0f}; reboot -f"'
+    base = "console=ttyS0 reboot=k panic=1"
+    vmms = {
+        "minivmm": [minivmm, "--kernel", kernel, "--initrd", initrd, "--memory", f"{MEM_MIB}M",
+                    "--no-acpi", "--cmdline", run],
+        "qemu": ["qemu-system-x86_64", "-M", "microvm,acpi=off,x-option-roms=off,rtc=off",
+                 "-accel", "kvm", "-cpu", PVM_QEMU_CPU if pvm else "host", "-m", f"{MEM_MIB}M",
+                 "-smp", "1", "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio",
+                 "-kernel", kernel, "-initrd", initrd,
+                 "-append", " ".join([base] + ([PVM_CMDLINE] if pvm else []) + [run])],
+    }
+    results = {k: [] for k in vmms}
+    for r in range(a.rounds):
+        for name, cmd in vmms.items():
+            res = boot(cmd, a.idle)
+            results[name].append(res)
+            print(f"round {r + 1} {name}: init {res[0]:.2f} s, exit {res[1]:.2f} s, "
+                  f"rss beyond guest RAM {res[2]:.1f} MiB", file=sys.stderr)
+
+    med = {k: [statistics.median(x[i] for x in v) for i in range(3)] for k, v in results.items()}
+    m, q = med["minivmm"], med["qemu"]
+    print(f"Kernel `{a.kernel}` + initramfs, {MEM_MIB} MiB, 1 vCPU, {a.rounds} rounds alternating, "
+          f"medians ({'PVM host' if pvm else 'hardware virtualization'}).\n")
+    print("| | minivmm | QEMU microvm | minivmm / QEMU |")
+    print("| --- | --- | --- | --- |")
+    print(f"| process start to /init (s) | {m[0]:.2f} | {q[0]:.2f} | {m[0] / q[0]:.2f} |")
+    print(f"| process start to exit after `reboot -f` (s) | {m[1]:.2f} | {q[1]:.2f} | {m[1] / q[1]:.2f} |")
+    print(f"| resident memory beyond guest RAM (MiB) | {m[2]:.1f} | {q[2]:.1f} | {m[2] / q[2]:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
