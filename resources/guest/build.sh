@@ -97,6 +97,7 @@ start=$(date +%s)
 : >"$LOG"
 say "building guest $key (log: $LOG)"
 TMP=$(mktemp -d "$CACHE_ROOT/.tmp-$key-XXXXXX")
+trap 'exit 130' INT TERM HUP
 trap 'rc=$?; rm -rf "$TMP"; if [ $rc != 0 ]; then say "FAILED (exit $rc); log: $LOG"; tail -n 30 "$LOG" >&2 || true; fi' EXIT
 
 run() { # run a command with its output going to the log
