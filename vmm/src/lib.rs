@@ -373,7 +373,12 @@ pub fn run(cfg: &VmConfig) -> Result<VmOutcome, Error> {
         boot::cmdline::DEFAULT_CMDLINE,
         template.extra_kernel_cmdline(),
     ];
-    parts.extend(devices.cmdline_entries.iter().map(String::as_str));
+    // With ACPI the DSDT describes the virtio devices: listing them here as well would make
+    // Linux probe each twice, and on a hardware-reduced ACPI machine the ISA IRQ numbers of
+    // these entries are not even mapped.
+    if !cfg.acpi {
+        parts.extend(devices.cmdline_entries.iter().map(String::as_str));
+    }
     parts.push(root);
     parts.push(user);
     let cmdline = boot::cmdline::build(&parts).map_err(Error::Cmdline)?;
