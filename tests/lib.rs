@@ -189,3 +189,158 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A running minivmm whose output is collected while it runs, so a test can wait for a
+/// line (e.g. the guest's init marker) and then act (send a signal, connect).
+pub struct Watched {
+    child: Child,
+    stdout: std::sync::Arc<std::sync::Mutex<String>>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+    start: Instant,
+}
+
+impl Watched {
+    /// Start minivmm with `args` (stdin from /dev/null) and collect its output.
+    pub fn start(args: &[&str]) -> Self {
+        Self::start_in(None, args)
+    }
+
+    /// Like [`Watched::start`], inside network namespace `ns` if given (`ip netns exec`
+    /// execs minivmm, so the pid is minivmm's).
+    pub fn start_in(ns: Option<&NetNs>, args: &[&str]) -> Self {
+        let bin = minivmm_bin();
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &ns.0]).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let mut child = cmd
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting minivmm");
+        let collect = |r: Box<dyn Read + Send>, into: std::sync::Arc<std::sync::Mutex<String>>| {
+            std::thread::spawn(move || {
+                let mut r = r;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = r.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    into.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            })
+        };
+        let stdout = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let readers = vec![
+            collect(Box::new(child.stdout.take().unwrap()), stdout.clone()),
+            collect(Box::new(child.stderr.take().unwrap()), stderr.clone()),
+        ];
+        Self {
+            child,
+            stdout,
+            stderr,
+            readers,
+            start: Instant::now(),
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Wait until the guest console shows `needle`; false if the deadline passed or the
+    /// process ended first.
+    pub fn wait_for(&mut self, needle: &str, deadline: Duration) -> bool {
+        loop {
+            if self.stdout.lock().unwrap().contains(needle) {
+                return true;
+            }
+            if self.start.elapsed() > deadline || self.child.try_wait().unwrap().is_some() {
+                return self.stdout.lock().unwrap().contains(needle);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Send `signal` to minivmm.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// Wait for the end (killing it at `deadline`, counted from the start) and collect.
+    pub fn finish(mut self, deadline: Duration) -> Finished {
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if self.start.elapsed() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        let stdout = std::mem::take(&mut *self.stdout.lock().unwrap());
+        let stderr = std::mem::take(&mut *self.stderr.lock().unwrap());
+        Finished {
+            status,
+            stdout,
+            stderr,
+            elapsed: self.start.elapsed(),
+        }
+    }
+}
+
+/// A network namespace for one test, removed (with everything in it) on drop.
+pub struct NetNs(pub String);
+
+impl NetNs {
+    /// Create `mvm<tag>-<pid>`.
+    pub fn new(tag: &str) -> Self {
+        let name = format!("mvm{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("ip netns add");
+        assert!(ok.success(), "ip netns add {name} failed");
+        Self(name)
+    }
+
+    /// Run `program args` inside the namespace and return its output; panics on failure.
+    pub fn run(&self, program: &str, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.0, program])
+            .args(args)
+            .output()
+            .expect("ip netns exec");
+        assert!(
+            out.status.success(),
+            "{program} {args:?} in {} failed: {}",
+            self.0,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}

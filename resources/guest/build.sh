@@ -67,14 +67,15 @@ patch_key=$(cat "${patches[@]}" | sha256sum | cut -c1-16)
 key=$({
 	echo "linux-source-6.1 $linux_ver"
 	echo "busybox-static $busybox_ver"
-	for f in "$HERE/build.sh" "$HERE/kernel.config" "$HERE/init" "${patches[@]}"; do
+	for f in "$HERE/build.sh" "$HERE/kernel.config" "$HERE/kernel-acpi-only.config" \
+		"$HERE/init" "${patches[@]}"; do
 		echo "== ${f#"$HERE"/}"
 		cat "$f"
 	done
 } | sha256sum | cut -c1-16)
 OUT=$CACHE_ROOT/$key
 LOG=$CACHE_ROOT/build-$key.log
-OUTPUTS=(vmlinux bzImage initramfs.cpio rootfs.ext4)
+OUTPUTS=(vmlinux bzImage vmlinux-acpi-only initramfs.cpio rootfs.ext4)
 
 complete() {
 	[ -f "$1/.complete" ] || return 1
@@ -165,6 +166,17 @@ cp "$TREE/arch/x86/boot/bzImage" "$TMP/bzImage"
 cp "$TREE/.config" "$TMP/config"
 cp "$TREE/System.map" "$TMP/System.map"
 
+# --- 5b. the ACPI-only variant: the same tree with one option less -------------------
+# Only virtio_mmio.c and the link are redone. The next build starts again from
+# tinyconfig, so the tree's .config being the variant's does not matter.
+say "building vmlinux-acpi-only (kernel.config + kernel-acpi-only.config)"
+run env -C "$TREE" ./scripts/kconfig/merge_config.sh -m .config "$HERE/kernel-acpi-only.config"
+run "${KMAKE[@]}" olddefconfig
+verify_config "$TREE/.config" "$HERE/kernel-acpi-only.config" ||
+	die "kernel-acpi-only.config was not applied as written (see above)"
+run "${KMAKE[@]}" vmlinux
+cp "$TREE/vmlinux" "$TMP/vmlinux-acpi-only"
+
 # --- 6. user space: busybox tree for the initramfs and the ext4 root ---------------
 ROOT=$TMP/root
 mkdir -p "$ROOT"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,root,etc,mnt}
@@ -185,6 +197,17 @@ ln -sf ../init "$ROOT/sbin/init"
 echo "root:x:0:0:root:/root:/bin/sh" >"$ROOT/etc/passwd"
 echo "root:x:0:" >"$ROOT/etc/group"
 echo "minivmm-guest" >"$ROOT/etc/hostname"
+# The ACPI power button: busybox acpid maps the button's KEY_POWER event to
+# "PWRF" and runs /etc/acpi/PWRF/00000080 (its built-in action table).
+mkdir -p "$ROOT/etc/acpi/PWRF"
+cat >"$ROOT/etc/acpi/PWRF/00000080" <<'ACTION'
+#!/bin/sh
+echo "minivmm-guest: power button pressed: powering off" >/dev/console
+sync
+mount -o remount,ro / 2>/dev/null
+poweroff -f
+ACTION
+chmod 0755 "$ROOT/etc/acpi/PWRF/00000080"
 
 # initramfs.cpio: uncompressed newc, made with the kernel's own gen_init_cpio
 # (needs no root to create /dev/console).
