@@ -10,7 +10,7 @@ Measured per boot, from the moment the VMM process is started:
            idles (`sleep`): VmRSS minus the Rss of the guest-RAM mapping (the anonymous
            mapping of exactly --memory bytes, found in /proc/PID/smaps).
 
-Usage: resources/bench/boot.py [--rounds N] [--kernel vmlinux|bzImage]
+Usage: resources/bench/boot.py [--rounds N] [--kernel vmlinux|bzImage] [--cpus N] [--acpi]
 Needs root (/dev/kvm), qemu-system-x86 (installed if missing), the test guest
 (resources/guest/build.sh) and a release build of minivmm.
 """
@@ -81,6 +81,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--kernel", default="vmlinux")
+    ap.add_argument("--cpus", type=int, default=1)
+    ap.add_argument("--acpi", action="store_true",
+                    help="boot both with ACPI (minivmm's default; QEMU microvm acpi=on)")
     ap.add_argument("--idle", type=float, default=3.0, help="seconds after init before sampling memory")
     a = ap.parse_args()
 
@@ -96,10 +99,11 @@ def main():
     base = "console=ttyS0 reboot=k panic=1"
     vmms = {
         "minivmm": [minivmm, "--kernel", kernel, "--initrd", initrd, "--memory", f"{MEM_MIB}M",
-                    "--no-acpi", "--cmdline", run],
-        "qemu": ["qemu-system-x86_64", "-M", "microvm,acpi=off,x-option-roms=off,rtc=off",
+                    "--cpus", str(a.cpus)] + ([] if a.acpi else ["--no-acpi"]) + ["--cmdline", run],
+        "qemu": ["qemu-system-x86_64", "-M",
+                 f"microvm,acpi={'on' if a.acpi else 'off'},x-option-roms=off,rtc=off",
                  "-accel", "kvm", "-cpu", PVM_QEMU_CPU if pvm else "host", "-m", f"{MEM_MIB}M",
-                 "-smp", "1", "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio",
+                 "-smp", str(a.cpus), "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio",
                  "-kernel", kernel, "-initrd", initrd,
                  "-append", " ".join([base] + ([PVM_CMDLINE] if pvm else []) + [run])],
     }
@@ -113,7 +117,8 @@ def main():
 
     med = {k: [statistics.median(x[i] for x in v) for i in range(3)] for k, v in results.items()}
     m, q = med["minivmm"], med["qemu"]
-    print(f"Kernel `{a.kernel}` + initramfs, {MEM_MIB} MiB, 1 vCPU, {a.rounds} rounds alternating, "
+    print(f"Kernel `{a.kernel}` + initramfs, {MEM_MIB} MiB, {a.cpus} vCPU(s), "
+          f"ACPI {'on' if a.acpi else 'off'}, {a.rounds} rounds alternating, "
           f"medians ({'PVM host' if pvm else 'hardware virtualization'}).\n")
     print("| | minivmm | QEMU microvm | minivmm / QEMU |")
     print("| --- | --- | --- | --- |")
