@@ -19,10 +19,12 @@ import argparse, os, re, shutil, statistics, subprocess, sys, time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MEM_MIB = 256
 MARKER = b"minivmm-guest: init ready"
-# What minivmm's pvm CPU template adds on PVM hosts; QEMU gets the same so that both boot
-# the same kernel the same way (QEMU's -cpu flags below hide the same CPUID bits).
+# What minivmm's pvm CPU template adds on PVM hosts; QEMU gets the same command line so
+# that both boot the same kernel the same way. QEMU's CPU model is its minimal qemu64
+# without CX16 (the emulator cannot run `lock cmpxchg16b`, which SLUB uses when CX16 is
+# there) plus x2APIC: close to minivmm's pvm template (SSE3, x2APIC, TSC-deadline).
 PVM_CMDLINE = "clearcpuid=smap,smep,pcid,popcnt,xsave,avx,fsgsbase,invpcid,rdrand"
-PVM_QEMU_CPU = "host,-xsave,-avx,-smap,-smep,-pcid,-popcnt,-fsgsbase,-invpcid,-rdrand"
+PVM_QEMU_CPU = "qemu64,-cx16,+x2apic"
 
 
 def sh(*cmd, **kw):
