@@ -73,7 +73,7 @@ run_one() { # vmm round
 		"${cmd[@]}" </dev/null >"$out" 2>&1 &
 		local pid=$!
 		while kill -0 "$pid" 2>/dev/null && ((SECONDS - t0 < VM_TIMEOUT)); do
-			grep -q 'minivmm-guest: command exited' "$out" && break
+			grep -qs 'minivmm-guest: command exited' "$out" && break
 			sleep 1
 		done
 		kill "$pid" 2>/dev/null || true
