@@ -94,8 +94,7 @@ impl Netns {
     fn minivmm(&self, args: &[&str]) -> Output {
         let mut c = self.command(&minivmm_bin());
         c.args(args).stdin(Stdio::null());
-        let out = c.output().expect("starting minivmm");
-        out
+        c.output().expect("starting minivmm")
     }
 
     /// `minivmm network create BRIDGE --cidr 10.99.0.1/24`, which must succeed.
