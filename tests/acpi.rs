@@ -72,9 +72,9 @@ fn sigterm_presses_the_power_button_and_the_guest_shuts_down() {
 
 #[test]
 fn sigterm_stops_a_guest_that_ignores_the_button_after_the_timeout() {
-    // The initramfs guest with --no-acpi has no power button at all: after the
-    // timeout minivmm stops it hard with 128 + SIGTERM. With ACPI on but the button
-    // unheard (no acpid: rdinit runs a plain shell loop), the same happens.
+    // ACPI is on, but nothing in the guest listens to the button (rdinit runs a plain
+    // shell loop instead of /init, so no acpid): after the timeout minivmm stops it hard
+    // with 128 + SIGTERM.
     let mut vm = Watched::start(&[
         "--kernel",
         &path("vmlinux"),
@@ -85,10 +85,11 @@ fn sigterm_stops_a_guest_that_ignores_the_button_after_the_timeout() {
         "--shutdown-timeout",
         "3s",
         "--cmdline",
-        "rdinit=/bin/sh -- -c \"echo NO-ACPID; while :; do sleep 1; done\"",
+        "rdinit=/bin/sh -- -c \"echo NO-ACPID-$((40+2)); while :; do sleep 1; done\"",
     ]);
+    // The marker as the shell prints it, not as the kernel echoes its command line.
     assert!(
-        vm.wait_for("NO-ACPID", boot_deadline()),
+        vm.wait_for("NO-ACPID-42", boot_deadline()),
         "guest never came up"
     );
     vm.signal(libc::SIGTERM);
@@ -150,11 +151,10 @@ fn no_acpi_uses_the_mp_table_and_command_line_devices() {
             "2",
             "--no-acpi",
             "--cmdline",
-            "minivmm_run=\"echo CPUS: $(grep -c ^processor /proc/cpuinfo); echo BLOCK: $(ls /sys/block); ls /sys/firmware/acpi 2>/dev/null || echo NO-ACPI; poweroff -f\"",
+            "minivmm_run=\"echo CPUS: $(grep -c ^processor /proc/cpuinfo); echo BLOCK: $(ls /sys/block); ls /sys/firmware/acpi 2>/dev/null || echo NO-ACPI; reboot -f\"",
         ],
         boot_deadline(),
     );
-    // No ACPI, no way to power off: init exits, the kernel panics, panic=1 reboots.
     assert_eq!(f.code(), 0, "{f}");
     assert!(
         f.stdout.contains("virtio_mmio.device=4K@0xc0001000:5"),
@@ -163,5 +163,4 @@ fn no_acpi_uses_the_mp_table_and_command_line_devices() {
     assert!(f.stdout.contains("CPUS: 2"), "{f}");
     assert!(f.stdout.contains("BLOCK: vda"), "{f}");
     assert!(f.stdout.contains("NO-ACPI"), "{f}");
-    assert!(f.stdout.contains("Kernel panic"), "{f}");
 }

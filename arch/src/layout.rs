@@ -87,6 +87,8 @@ pub const COM1_IRQ: u32 = 4;
 pub const I8042_PORT: u16 = 0x60;
 /// First IRQ line handed to virtio-mmio devices.
 pub const VIRTIO_IRQ_START: u32 = 5;
+/// Last IRQ line (inclusive) handed to virtio-mmio devices: the one above is the GED's.
+pub const VIRTIO_IRQ_END: u32 = ACPI_GED_IRQ - 1;
 /// Last IRQ line (inclusive) usable by devices: the IOAPIC has 24 pins.
 pub const IRQ_MAX: u32 = 23;
 /// Base of the ACPI power-management device's I/O ports (see
@@ -97,6 +99,11 @@ pub const ACPI_PM_PORT: u16 = 0x3c0;
 /// Number of ports of the ACPI power-management device.
 pub const ACPI_PM_PORT_SIZE: u64 = 4;
 /// IRQ line (GSI) of the ACPI Generic Event Device, which the VMM raises for a power
-/// button press. IRQ 3 is COM2's line on a PC; minivmm has no COM2, and the line is below
-/// the virtio-mmio range ([`VIRTIO_IRQ_START`]).
-pub const ACPI_GED_IRQ: u32 = 3;
+/// button press, at any moment the host chooses (SIGTERM), even while the guest still
+/// boots. So it is a GSI above 15: in KVM's default routing those reach only the IOAPIC,
+/// where the pin stays masked until the guest's GED driver unmasks it. GSIs 0-15 also
+/// reach the legacy PIC, which a hardware-reduced ACPI kernel never initialises: its
+/// vector base stays 0 and, through the boot CPU's LINT0 (ExtINT), IRQ 3 would arrive as
+/// vector 3, a breakpoint exception (seen: "int3: 0000 [#1]" and a panic on an early
+/// SIGTERM). Virtio devices only interrupt once their driver has set them up.
+pub const ACPI_GED_IRQ: u32 = IRQ_MAX;

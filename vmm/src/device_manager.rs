@@ -114,7 +114,7 @@ impl SlotAllocator {
         if self.next_index >= layout::VIRTIO_MMIO_MAX_DEVICES {
             return Err(DeviceError::Exhausted("virtio-mmio window"));
         }
-        if self.next_irq > layout::IRQ_MAX {
+        if self.next_irq > layout::VIRTIO_IRQ_END {
             return Err(DeviceError::Exhausted("IRQ line"));
         }
         let slot = MmioSlot {
@@ -268,7 +268,7 @@ mod tests {
     #[test]
     fn allocator_runs_out_of_irqs() {
         let mut a = SlotAllocator::default();
-        let lines = layout::IRQ_MAX - layout::VIRTIO_IRQ_START + 1;
+        let lines = layout::VIRTIO_IRQ_END - layout::VIRTIO_IRQ_START + 1;
         for _ in 0..lines {
             a.allocate().unwrap();
         }

@@ -9,7 +9,9 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::tables::{fadt_offset, FADT_SIZE, SDT_HEADER_SIZE};
 use super::*;
-use crate::layout::{IOAPIC_START, LAPIC_START, VIRTIO_MMIO_START};
+use crate::layout::{
+    IOAPIC_START, LAPIC_START, VIRTIO_IRQ_END, VIRTIO_IRQ_START, VIRTIO_MMIO_START,
+};
 
 fn mem() -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
@@ -239,7 +241,7 @@ fn bad_configs_are_refused() {
         };
         assert!(matches!(err(cfg), Error::DeviceAbove4G(b) if b == base));
     }
-    for irq in [3, 4, 24, u32::MAX] {
+    for irq in [COM1_IRQ, ACPI_GED_IRQ, 24, u32::MAX] {
         let cfg = AcpiConfig {
             num_cpus: 1,
             virtio_devices: vec![(VIRTIO_MMIO_START, irq)],
@@ -257,7 +259,9 @@ fn bad_configs_are_refused() {
 #[test]
 fn largest_config_fits() {
     let mem = mem();
-    setup_acpi(&mem, &config(MAX_CPUS, 19)).unwrap();
+    // Every IRQ line a virtio device can get (5..=22) in use.
+    let lines = (VIRTIO_IRQ_END - VIRTIO_IRQ_START + 1) as usize;
+    setup_acpi(&mem, &config(MAX_CPUS, lines)).unwrap();
     let found = discover(&mem);
     let end = found
         .tables
@@ -355,7 +359,7 @@ fn iasl_decodes_our_tables() {
         "0xC0001000,",
         "0xC0002000,",
         "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )",
-        "0x00000003,",
+        "0x00000017,",
         "0x00000005,",
         "0x00000006,",
     ] {
