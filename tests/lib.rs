@@ -292,7 +292,7 @@ impl Watched {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        for r in self.readers.drain(..) {
+        for r in std::mem::take(&mut self.readers) {
             let _ = r.join();
         }
         let stdout = std::mem::take(&mut *self.stdout.lock().unwrap());
@@ -302,6 +302,16 @@ impl Watched {
             stdout,
             stderr,
             elapsed: self.start.elapsed(),
+        }
+    }
+}
+
+impl Drop for Watched {
+    /// A test that fails half-way must not leave its VM running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }

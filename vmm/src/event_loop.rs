@@ -138,12 +138,18 @@ fn arm(timer: &OwnedFd, ms: i64) {
             tv_nsec: 0,
         },
         it_value: libc::timespec {
-            tv_sec: 0,
-            tv_nsec: ms * 1_000_000,
+            tv_sec: ms / 1000,
+            tv_nsec: (ms % 1000) * 1_000_000,
         },
     };
     // SAFETY: the descriptor is a timerfd we own; spec is valid.
-    unsafe { libc::timerfd_settime(timer.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+    let r = unsafe { libc::timerfd_settime(timer.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+    if r != 0 {
+        log::error!(
+            "cannot arm a {ms} ms timer: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 fn read_fd(fd: i32, buf: &mut [u8]) -> isize {
@@ -315,6 +321,26 @@ impl MutEventSubscriber for Controller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timers_longer_than_a_second_fire() {
+        let t = timerfd().unwrap();
+        let start = std::time::Instant::now();
+        arm(&t, 1200);
+        let mut pfd = libc::pollfd {
+            fd: t.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: polling one descriptor we own.
+        let n = unsafe { libc::poll(&mut pfd, 1, 5000) };
+        assert_eq!(n, 1, "the timer never fired");
+        let waited = start.elapsed();
+        assert!(
+            waited >= std::time::Duration::from_millis(1150),
+            "{waited:?}"
+        );
+    }
 
     #[test]
     fn escape_sequences() {

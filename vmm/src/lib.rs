@@ -120,8 +120,8 @@ pub enum Error {
     /// The kernel command line is refused.
     #[error("kernel command line: {0}")]
     Cmdline(#[source] boot::cmdline::Error),
-    /// A disk could not be opened or is unusable.
-    #[error("disk {path}: {source}")]
+    /// A disk could not be opened or is unusable (the message names the path).
+    #[error("--disk: {source}")]
     Disk {
         /// The path as given.
         path: String,
