@@ -80,11 +80,14 @@ fn guest_panic_ends_the_vm() {
 
 /// The `user` ticks of cpu0 and cpu1 in a /proc/stat dump that follows `tag`.
 fn cpu_user_ticks(out: &str, tag: &str) -> (u64, u64) {
-    let start = out
-        .find(tag)
+    // The tag alone on a line: the kernel also echoes the command (with the tags in it).
+    let lines: Vec<&str> = out.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.trim() == tag)
         .unwrap_or_else(|| panic!("{tag} missing:\n{out}"));
     let mut ticks = [None, None];
-    for line in out[start..].lines() {
+    for line in &lines[start..] {
         for (i, name) in ["cpu0 ", "cpu1 "].iter().enumerate() {
             if let Some(rest) = line.trim_start().strip_prefix(name) {
                 if ticks[i].is_none() {
