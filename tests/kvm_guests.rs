@@ -106,6 +106,30 @@ fn run(m: Machine, setup: impl FnOnce(&Vcpu, &GuestMemoryMmap)) -> (VmOutcome, M
     (outcome, m)
 }
 
+/// Set vCPU 0 up as minivmm does for Linux (GDT, identity page tables, long mode), with
+/// RIP at `rip`.
+fn long_mode_at(rip: u64) -> impl FnOnce(&Vcpu, &GuestMemoryMmap) {
+    move |v, mem| {
+        let sregs = arch::regs::boot_sregs(mem, v.fd().get_sregs().unwrap()).unwrap();
+        v.fd().set_sregs(&sregs).unwrap();
+        v.fd()
+            .set_regs(&arch::regs::boot_regs(rip, arch::layout::ZERO_PAGE_START))
+            .unwrap();
+    }
+}
+
+/// Set vCPU 0 up as minivmm does for Linux (GDT, identity page tables, long mode), with
+/// RIP at `rip`.
+fn long_mode_at(rip: u64) -> impl FnOnce(&Vcpu, &GuestMemoryMmap) {
+    move |v, mem| {
+        let sregs = arch::regs::boot_sregs(mem, v.fd().get_sregs().unwrap()).unwrap();
+        v.fd().set_sregs(&sregs).unwrap();
+        v.fd()
+            .set_regs(&arch::regs::boot_regs(rip, arch::layout::ZERO_PAGE_START))
+            .unwrap();
+    }
+}
+
 #[test]
 fn real_mode_guest_writes_serial_and_halts() {
     let m = machine();
@@ -153,16 +177,7 @@ fn long_mode_guest_uses_mmio_and_resets() {
         0xf4,                                           // hlt
     ];
     m.mem.write_slice(code, GuestAddress(0x10_0000)).unwrap();
-    let (outcome, m) = run(m, |v, mem| {
-        let sregs = arch::regs::boot_sregs(mem, v.fd().get_sregs().unwrap()).unwrap();
-        v.fd().set_sregs(&sregs).unwrap();
-        v.fd()
-            .set_regs(&arch::regs::boot_regs(
-                0x10_0000,
-                arch::layout::ZERO_PAGE_START,
-            ))
-            .unwrap();
-    });
+    let (outcome, m) = run(m, long_mode_at(0x10_0000));
     // The i8042 signalled the reset; the vCPU then ran into hlt.
     assert_eq!(outcome, VmOutcome::PowerOff);
     assert_eq!(m.reset.read().unwrap(), 1, "the i8042 signalled a reset");
@@ -181,16 +196,7 @@ fn triple_fault_is_a_crash() {
     m.mem
         .write_slice(&[0x0f, 0x0b], GuestAddress(0x10_0000))
         .unwrap();
-    let (outcome, _) = run(m, |v, mem| {
-        let sregs = arch::regs::boot_sregs(mem, v.fd().get_sregs().unwrap()).unwrap();
-        v.fd().set_sregs(&sregs).unwrap();
-        v.fd()
-            .set_regs(&arch::regs::boot_regs(
-                0x10_0000,
-                arch::layout::ZERO_PAGE_START,
-            ))
-            .unwrap();
-    });
+    let (outcome, _) = run(m, long_mode_at(0x10_0000));
     match outcome {
         VmOutcome::Crash(why) => assert!(
             why.contains("triple fault") || why.contains("internal error"),
