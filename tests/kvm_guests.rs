@@ -118,18 +118,6 @@ fn long_mode_at(rip: u64) -> impl FnOnce(&Vcpu, &GuestMemoryMmap) {
     }
 }
 
-/// Set vCPU 0 up as minivmm does for Linux (GDT, identity page tables, long mode), with
-/// RIP at `rip`.
-fn long_mode_at(rip: u64) -> impl FnOnce(&Vcpu, &GuestMemoryMmap) {
-    move |v, mem| {
-        let sregs = arch::regs::boot_sregs(mem, v.fd().get_sregs().unwrap()).unwrap();
-        v.fd().set_sregs(&sregs).unwrap();
-        v.fd()
-            .set_regs(&arch::regs::boot_regs(rip, arch::layout::ZERO_PAGE_START))
-            .unwrap();
-    }
-}
-
 #[test]
 fn real_mode_guest_writes_serial_and_halts() {
     let m = machine();
