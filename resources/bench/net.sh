@@ -96,6 +96,18 @@ run_round() { # VMM ROUND
 	g2h=$(ip netns exec "$NS" timeout "$VM_TIMEOUT" "$NB" recv 5201 |
 		sed -n 's/.*bytes=\([0-9]*\) .*mbps=\([0-9.]*\).*/\1 \2/p')
 	ip netns exec "$NS" timeout 300 "$NB" send 10.99.0.2 5202 "$BYTES" >/dev/null
+	# The guests' work is done once both print init's "command exited" line. minivmm then
+	# ends by itself (the i8042 reset); QEMU microvm has no i8042, so reboot=k does not end
+	# it (it would with -no-reboot and a reset it implements): stop what still runs.
+	local t=0
+	until grep -q "minivmm-guest: command exited" "$W/$vmm-$r-a.log" &&
+		grep -q "minivmm-guest: command exited" "$W/$vmm-$r-b.log"; do
+		t=$((t + 1))
+		[ $t -gt "$VM_TIMEOUT" ] && break
+		sleep 1
+	done
+	sleep 5
+	kill "$pa" "$pb" 2>/dev/null || true
 	wait "$pa" "$pb" || true
 	h2g=$(mbps "$W/$vmm-$r-a.log")
 	v2v=$(mbps "$W/$vmm-$r-b.log")
