@@ -323,7 +323,11 @@ impl NetNs {
     /// Create `mvm<tag>-<pid>`.
     pub fn new(tag: &str) -> Self {
         let name = format!("mvm{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        // A namespace left by an earlier, killed run of the same pid: remove it quietly.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
         let ok = Command::new("ip")
             .args(["netns", "add", &name])
             .status()
