@@ -16,4 +16,4 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --release -- -D warnings
 cargo build --release -p minivmm
 # Linux guests are CPU-bound under emulation: one test thread per core.
-cargo test --release --workspace "$@" -- --test-threads="$(nproc)"
+cargo test --release --workspace --no-fail-fast "$@" -- --test-threads="$(nproc)"

@@ -60,6 +60,9 @@ fn start(p: &Pty) -> std::process::Child {
             "--initrd",
             &dir.join("initramfs.cpio").display().to_string(),
         ])
+        // SIGTERM first presses the ACPI power button; a guest still booting does not
+        // answer it, so keep the wait before the hard stop short.
+        .args(["--shutdown-timeout", "1s"])
         .stdin(slave())
         .stdout(slave())
         .stderr(Stdio::piped())
