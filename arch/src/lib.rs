@@ -18,3 +18,6 @@ pub mod regs;
 
 /// Guest memory as minivmm uses it: anonymous mmap regions without dirty tracking.
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
+
+#[cfg(test)]
+mod test_util;

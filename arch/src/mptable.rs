@@ -270,25 +270,7 @@ pub fn setup_mptable(mem: &GuestMemoryMmap, num_cpus: u8, irq_max: u32) -> Resul
 mod tests {
     use super::*;
 
-    fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
-    }
-
-    fn read(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
-        let mut v = vec![0; len];
-        mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
-        v
-    }
-
-    fn le16(b: &[u8], off: usize) -> u16 {
-        u16::from_le_bytes([b[off], b[off + 1]])
-    }
-    fn le32(b: &[u8], off: usize) -> u32 {
-        u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
-    }
-    fn sum(b: &[u8]) -> u8 {
-        b.iter().fold(0u8, |s, x| s.wrapping_add(*x))
-    }
+    use crate::test_util::{le16, le32, mem, read, sum};
 
     /// Parsed-back table: the entries grouped by type.
     #[derive(Default, Debug)]

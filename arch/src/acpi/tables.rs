@@ -251,12 +251,7 @@ pub fn madt(num_cpus: u8) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    pub(crate) fn sum(b: &[u8]) -> u8 {
-        b.iter().fold(0u8, |s, x| s.wrapping_add(*x))
-    }
-    fn le32(b: &[u8], off: usize) -> u32 {
-        u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
-    }
+    use crate::test_util::{le32, sum};
 
     #[test]
     fn header_fields() {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::GuestAddress;
 
 use super::tables::{fadt_offset, FADT_SIZE, SDT_HEADER_SIZE};
 use super::*;
@@ -13,28 +13,7 @@ use crate::layout::{
     IOAPIC_START, LAPIC_START, VIRTIO_IRQ_END, VIRTIO_IRQ_START, VIRTIO_MMIO_START,
 };
 
-fn mem() -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
-}
-
-fn read(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
-    let mut v = vec![0; len];
-    mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
-    v
-}
-
-fn le16(b: &[u8], off: usize) -> u16 {
-    u16::from_le_bytes([b[off], b[off + 1]])
-}
-fn le32(b: &[u8], off: usize) -> u32 {
-    u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
-}
-fn le64(b: &[u8], off: usize) -> u64 {
-    u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
-}
-fn sum(b: &[u8]) -> u8 {
-    b.iter().fold(0u8, |s, x| s.wrapping_add(*x))
-}
+use crate::test_util::{le16, le32, le64, mem, read, sum};
 
 /// Reads the table at `addr`, checking the header's length field and checksum.
 fn table(mem: &GuestMemoryMmap, addr: u64, signature: &[u8; 4]) -> Vec<u8> {
