@@ -221,12 +221,13 @@ impl Vcpu {
     }
 
     fn run_loop(&mut self, control: &VcpuControl) -> Option<VmOutcome> {
+        // Taken once: the exit borrows `self.fd` mutably, so the arms use these copies.
+        let stats = self.stats.clone();
+        let index = self.index;
         loop {
             if control.stop.load(Ordering::Acquire) {
                 return None;
             }
-            let stats = self.stats.clone();
-            let index = self.index;
             let exit = self.fd.run();
             match exit {
                 Ok(VcpuExit::IoIn(port, data)) => {
