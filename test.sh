@@ -2,18 +2,70 @@
 # Runs all of minivmm's checks and tests, on a fresh machine too:
 #   - builds the test guest on first use (resources/guest/build.sh installs what it needs),
 #   - cargo fmt and clippy (warnings are errors),
-#   - unit tests, KVM integration tests (tiny guests) and end-to-end tests (Linux guests).
-# Needs root (KVM, tap devices, network namespaces). Extra arguments go to `cargo test`,
-# e.g. ./test.sh -p vmm, or ./test.sh --test boot_linux.
+#   - measures this host's guest-kernel speed once (tests/speed.rs) and scales every
+#     end-to-end deadline by it,
+#   - unit tests, KVM integration tests (tiny guests) and end-to-end tests (Linux guests),
+#     with cargo-nextest where it is installed (cargo test otherwise),
+#   - prints a summary: boots, seconds per boot, the speed factor, the slowest tests.
+# Needs root (KVM, tap devices, network namespaces). Extra arguments go to
+# `cargo nextest run` / `cargo test`, e.g. ./test.sh -p vmm, or ./test.sh --test disk.
+# tests/README.md says how the deadlines work and how to run one test alone.
 set -euo pipefail
 cd "$(dirname "$0")"
+t0=$(date +%s)
 
 export MINIVMM_TEST_GUEST
 MINIVMM_TEST_GUEST=$(bash resources/guest/build.sh | tail -n 1)
-echo "test guest: $MINIVMM_TEST_GUEST" >&2
+t_guest=$(($(date +%s) - t0))
+echo "test guest: $MINIVMM_TEST_GUEST (${t_guest} s)" >&2
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --release -- -D warnings
-cargo build --release -p minivmm
-# Linux guests are CPU-bound under emulation: one test thread per core.
-cargo test --release --workspace --no-fail-fast "$@" -- --test-threads="$(nproc)"
+cargo build --release -p minivmm -p minivmm-tests --bins
+
+# The speed of guest kernel code on this host, once for the whole run.
+read -r ns_per_iter factor < <(target/release/calibrate)
+export MINIVMM_TEST_SPEED=$ns_per_iter
+echo "guest kernel speed: ${ns_per_iter} ns per calibration loop iteration" \
+	"(reference 450): deadlines x${factor}" >&2
+
+summary=$(mktemp /tmp/minivmm-test-summary.XXXXXX)
+log=$(mktemp /tmp/minivmm-test-log.XXXXXX)
+trap 'rm -f "$summary" "$log"' EXIT
+export MINIVMM_TEST_SUMMARY=$summary
+
+# VMs share the cores through tests/lib.rs's CpuSlots (never more vCPUs running than
+# cores); two more test threads keep the tests that boot nothing going meanwhile.
+threads=$(($(nproc) + 2))
+rc=0
+t_tests=$(date +%s)
+if cargo nextest --version >/dev/null 2>&1; then
+	cargo nextest run --release --workspace --no-fail-fast --test-threads "$threads" \
+		--status-level pass --final-status-level slow "$@" 2>&1 | tee "$log" || rc=$?
+else
+	cargo test --release --workspace --no-fail-fast "$@" -- --test-threads="$threads" \
+		2>&1 | tee "$log" || rc=$?
+fi
+t_end=$(date +%s)
+
+{
+	echo
+	echo "=== summary ==="
+	echo "speed factor x${factor} (${ns_per_iter} ns per calibration iteration, reference 450)"
+	n=$(awk '$1 == "boot"' "$summary" | wc -l)
+	if [ "$n" -gt 0 ]; then
+		mid=$(((n + 1) / 2))
+		wall=$(awk '$1 == "boot" { print $4 }' "$summary" | sort -n | sed -n "${mid}p")
+		cpu=$(awk '$1 == "boot" { print $5 }' "$summary" | sort -n | sed -n "${mid}p")
+		long=$(awk '$1 == "boot" { print $4 }' "$summary" | sort -n | tail -n 1)
+		echo "$n Linux boots: median ${wall} s wall (${cpu} s CPU), longest ${long} s wall"
+	else
+		echo "no Linux boots recorded"
+	fi
+	# nextest: "        PASS [  35.123s] (12/240) minivmm-tests::disk some_test"
+	grep -E '^ +(PASS|FAIL|SLOW|TIMEOUT|SIGKILL|SIGSEGV|ABORT) \[' "$log" |
+		sed -E 's/^ +([A-Z]+) \[ *([0-9.]+)s\] (\([^)]*\) )?/\2 \1 /' |
+		sort -rn | awk '!seen[$0]++' | head -n 8 | sed 's/^/slowest: /' || true
+	echo "guest build ${t_guest} s, tests $((t_end - t_tests)) s, whole run $((t_end - t0)) s"
+} >&2
+exit "$rc"

@@ -68,7 +68,7 @@ key=$({
 	echo "linux-source-6.1 $linux_ver"
 	echo "busybox-static $busybox_ver"
 	for f in "$HERE/build.sh" "$HERE/kernel.config" "$HERE/kernel-acpi-only.config" \
-		"$HERE/init" "${patches[@]}"; do
+		"$HERE/init" "$HERE/mvtool.c" "${patches[@]}"; do
 		echo "== ${f#"$HERE"/}"
 		cat "$f"
 	done
@@ -197,6 +197,16 @@ ln -sf ../init "$ROOT/sbin/init"
 echo "root:x:0:0:root:/root:/bin/sh" >"$ROOT/etc/passwd"
 echo "root:x:0:" >"$ROOT/etc/group"
 echo "minivmm-guest" >"$ROOT/etc/hostname"
+# A FIFO nobody writes to: `read -t SECS x <> /etc/wait.fifo` sleeps SECS seconds in
+# a shell builtin, without starting a process (see settle() in init).
+mkfifo -m 0666 "$ROOT/etc/wait.fifo"
+# /init mounts these with one `mount -a` (devtmpfs is already there with a disk root).
+cat >"$ROOT/etc/fstab" <<'FSTAB'
+proc     /proc proc     defaults 0 0
+sysfs    /sys  sysfs    defaults 0 0
+devtmpfs /dev  devtmpfs defaults 0 0
+tmpfs    /tmp  tmpfs    defaults 0 0
+FSTAB
 # The ACPI power button: busybox acpid maps the button's KEY_POWER event to
 # "PWRF" and runs /etc/acpi/PWRF/00000080 (its built-in action table).
 mkdir -p "$ROOT/etc/acpi/PWRF"
@@ -218,6 +228,8 @@ LIST=$TMP/initramfs.list
 		p=${p#./}
 		if [ -L "$ROOT/$p" ]; then
 			echo "slink /$p $(readlink "$ROOT/$p") 0777 0 0"
+		elif [ -p "$ROOT/$p" ]; then
+			echo "pipe /$p $(stat -c %a "$ROOT/$p") 0 0"
 		elif [ -d "$ROOT/$p" ]; then
 			echo "dir /$p $(stat -c %a "$ROOT/$p") 0 0"
 		else
@@ -228,6 +240,12 @@ LIST=$TMP/initramfs.list
 } >"$LIST"
 "$TREE/usr/gen_init_cpio" -t 0 "$LIST" >"$TMP/initramfs.cpio.tmp" 2>>"$LOG"
 mv "$TMP/initramfs.cpio.tmp" "$TMP/initramfs.cpio"
+
+# mvtool (mvtool.c): the tests' data tool, static. Only in rootfs.ext4: every file
+# in the initramfs costs unpacking time under emulation, and the tests that use
+# it boot from the disk.
+say "building mvtool"
+run gcc -O2 -static -pthread -Wall -Wextra -Werror -o "$ROOT/bin/mvtool" "$HERE/mvtool.c"
 
 # rootfs.ext4: same tree, built without mounting (mkfs.ext4 -d). /dev is
 # filled by devtmpfs (CONFIG_DEVTMPFS_MOUNT). No metadata checksums: the guest

@@ -363,11 +363,13 @@ pub fn run(cfg: &VmConfig) -> Result<VmOutcome, Error> {
 
     // The command line: defaults, what the PVM template needs, the devices, then the user's.
     let user = cfg.cmdline.as_deref().unwrap_or("");
-    let root = if !cfg.disks.is_empty() && !user.split_whitespace().any(|w| w.starts_with("root="))
-    {
-        "root=/dev/vda rw"
-    } else {
-        ""
+    // The first disk is the root file system unless the user says otherwise; mounted
+    // read-only when the disk is.
+    let root = match cfg.disks.first() {
+        Some(_) if user.split_whitespace().any(|w| w.starts_with("root=")) => "",
+        Some(d) if d.read_only => "root=/dev/vda ro",
+        Some(_) => "root=/dev/vda rw",
+        None => "",
     };
     let mut parts = vec![
         boot::cmdline::DEFAULT_CMDLINE,
