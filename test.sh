@@ -63,7 +63,8 @@ t_end=$(date +%s)
 		echo "no Linux boots recorded"
 	fi
 	# nextest: "        PASS [  35.123s] (12/240) minivmm-tests::disk some_test"
-	grep -E '^ +(PASS|FAIL|SLOW|TIMEOUT|SIGKILL|SIGSEGV|ABORT) \[' "$log" |
+	# (nextest's time counts from the test's start, so it includes waiting for a core.)
+	grep -E '^ +(PASS|FAIL|TIMEOUT|SIGKILL|SIGSEGV|SIGABRT|ABORT) \[' "$log" |
 		sed -E 's/^ +([A-Z]+) \[ *([0-9.]+)s\] (\([^)]*\) )?/\2 \1 /' |
 		sort -rn | awk '!seen[$0]++' | head -n 8 | sed 's/^/slowest: /' || true
 	echo "guest build ${t_guest} s, tests $((t_end - t_tests)) s, whole run $((t_end - t0)) s"
