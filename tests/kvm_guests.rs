@@ -2,32 +2,20 @@
 //! port-I/O and MMIO buses without a kernel. Each test builds a VM without the in-kernel
 //! irqchip, so that `hlt` comes back to user space and ends the run loop.
 
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use devices::legacy::{BootTimer, SerialDevice, I8042};
+use devices::virtio::GuestMemoryMmap;
 use devices::Interrupt;
 use kvm_ioctls::Kvm;
+use minivmm_tests::Capture;
 use vm_memory::{Bytes, GuestAddress};
 use vmm::bus::Bus;
+use vmm::stats::ExitCounters;
 use vmm::vcpu::{Vcpu, VcpuControl};
-use vmm::{ExitSlot, GuestMemoryMmap, VmOutcome};
+use vmm::VmOutcome;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-
-/// Serial output collected in memory.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 struct NoIrq;
 impl Interrupt for NoIrq {
@@ -49,7 +37,7 @@ struct Machine {
 fn machine() -> Machine {
     let kvm = Kvm::new().expect("/dev/kvm");
     let vm = kvm.create_vm().unwrap();
-    let mem = vmm::memory::create(32 << 20).unwrap();
+    let mem = vmm::memory::create(&vmm::memory::layout(32 << 20, None).unwrap()).unwrap();
     vmm::memory::register(&vm, &mem).unwrap();
     let out = Capture::default();
     let mut pio = Bus::new();
@@ -80,12 +68,11 @@ fn machine() -> Machine {
 fn run(m: Machine, setup: impl FnOnce(&Vcpu, &GuestMemoryMmap)) -> (VmOutcome, Machine) {
     let pio = Arc::new(std::mem::take(&mut { m.pio }));
     let mmio = Arc::new(std::mem::take(&mut { m.mmio }));
-    let vcpu = Vcpu::new(&m.vm, 0, pio.clone(), mmio.clone(), m.mem.clone(), None).unwrap();
+    let counters = Arc::new(ExitCounters::new(false));
+    let vcpu = Vcpu::new(&m.vm, 0, pio.clone(), mmio.clone(), m.mem.clone(), counters).unwrap();
     setup(&vcpu, &m.mem);
-    let exit = Arc::new(ExitSlot::new().unwrap());
-    let control = Arc::new(VcpuControl::default());
-    let (e, c) = (exit.clone(), control.clone());
-    let t = std::thread::spawn(move || vcpu.run(c, e));
+    let control = VcpuControl::default();
+    let t = std::thread::spawn(move || vcpu.run(&control));
     let deadline = Instant::now() + Duration::from_secs(60);
     while !t.is_finished() {
         assert!(
@@ -94,8 +81,10 @@ fn run(m: Machine, setup: impl FnOnce(&Vcpu, &GuestMemoryMmap)) -> (VmOutcome, M
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    t.join().unwrap();
-    let outcome = exit.get().expect("the run loop ended without an outcome");
+    let outcome = t
+        .join()
+        .unwrap()
+        .expect("the run loop ended without an outcome");
     let m = Machine {
         pio: Bus::new(),
         mmio: Bus::new(),

@@ -548,18 +548,34 @@ impl Vm {
         stdin.write_all(bytes).expect("writing to the console");
     }
 
+    /// minivmm's log (stderr) so far.
+    pub fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
     /// Wait until the console shows `needle`: true then, false if the VM ended without it
     /// or its budget ran out.
     pub fn wait_for(&mut self, needle: &str) -> bool {
+        let out = self.stdout.clone();
+        self.wait_until(|| out.lock().unwrap().contains(needle))
+    }
+
+    /// Like [`Vm::wait_for`], in minivmm's log (stderr).
+    pub fn wait_for_log(&mut self, needle: &str) -> bool {
+        let err = self.stderr.clone();
+        self.wait_until(|| err.lock().unwrap().contains(needle))
+    }
+
+    fn wait_until(&mut self, mut cond: impl FnMut() -> bool) -> bool {
         loop {
-            if self.stdout.lock().unwrap().contains(needle) {
+            if cond() {
                 return true;
             }
             let ended = self.child.as_mut().unwrap().try_wait().unwrap().is_some();
             if ended || self.clock.spent(&self.budget) {
                 // Give the readers a moment for the last output.
                 std::thread::sleep(Duration::from_millis(200));
-                return self.stdout.lock().unwrap().contains(needle);
+                return cond();
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -669,6 +685,39 @@ fn record(f: &Finished) {
         .open(path)
     {
         let _ = file.write_all(line.as_bytes());
+    }
+}
+
+// --- tiny guests' console ------------------------------------------------------------------
+
+/// Console output collected in memory (the writer of a tiny guest's COM1).
+#[derive(Clone, Default)]
+pub struct Capture(pub Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Capture {
+    /// Bytes written so far.
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    /// Whether nothing was written yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A copy of what was written.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.0.lock().unwrap().clone()
     }
 }
 

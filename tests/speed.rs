@@ -52,7 +52,8 @@ const CODE: u64 = 0x10_0000;
 pub fn measure() -> f64 {
     let kvm = Kvm::new().expect("opening /dev/kvm");
     let vm = kvm.create_vm().expect("KVM_CREATE_VM");
-    let mem = vmm::memory::create(16 << 20).expect("guest memory");
+    let layout = vmm::memory::layout(16 << 20, None).expect("memory layout");
+    let mem = vmm::memory::create(&layout).expect("guest memory");
     vmm::memory::register(&vm, &mem).expect("KVM_SET_USER_MEMORY_REGION");
     let n = ITERATIONS.to_le_bytes();
     #[rustfmt::skip]

@@ -81,65 +81,78 @@ pub enum Error {
     TooLarge(u64),
 }
 
-fn check(mem_size: u64) -> Result<(), Error> {
-    if mem_size < MIN_MEM_SIZE {
-        return Err(Error::TooSmall(mem_size));
-    }
-    if !mem_size.is_multiple_of(MEM_ALIGN) {
-        return Err(Error::Unaligned(mem_size));
-    }
-    let high = mem_size.saturating_sub(MMIO_HOLE_START);
-    if MMIO_HOLE_END.checked_add(high).is_none() || usize::try_from(mem_size).is_err() {
-        return Err(Error::TooLarge(mem_size));
-    }
-    Ok(())
+/// A guest memory size, checked once (at least [`MIN_MEM_SIZE`], whole pages, mappable):
+/// the RAM regions to map and the e820 map follow from it without further checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryLayout {
+    size: u64,
 }
 
-/// The RAM regions the VMM maps for `mem_size` bytes of guest memory: `[0, min(size,
-/// hole))` and, if anything is left, the rest from 4 GiB up.
-pub fn ram_regions(mem_size: u64) -> Result<Vec<(GuestAddress, usize)>, Error> {
-    check(mem_size)?;
-    let low = mem_size.min(MMIO_HOLE_START);
-    // `check` made sure mem_size (and so every part of it) fits in usize.
-    let mut regions = vec![(GuestAddress(0), low as usize)];
-    if mem_size > MMIO_HOLE_START {
-        regions.push((
-            GuestAddress(MMIO_HOLE_END),
-            (mem_size - MMIO_HOLE_START) as usize,
-        ));
+impl MemoryLayout {
+    /// Check `mem_size` bytes of guest memory.
+    pub fn new(mem_size: u64) -> Result<Self, Error> {
+        if mem_size < MIN_MEM_SIZE {
+            return Err(Error::TooSmall(mem_size));
+        }
+        if !mem_size.is_multiple_of(MEM_ALIGN) {
+            return Err(Error::Unaligned(mem_size));
+        }
+        let high = mem_size.saturating_sub(MMIO_HOLE_START);
+        if MMIO_HOLE_END.checked_add(high).is_none() || usize::try_from(mem_size).is_err() {
+            return Err(Error::TooLarge(mem_size));
+        }
+        Ok(Self { size: mem_size })
     }
-    Ok(regions)
-}
 
-/// The e820 map for `mem_size` bytes of guest memory (see the module docs).
-pub fn e820_map(mem_size: u64) -> Result<Vec<E820Entry>, Error> {
-    check(mem_size)?;
-    let low = mem_size.min(MMIO_HOLE_START);
-    let mut map = vec![
-        E820Entry {
-            addr: 0,
-            size: EBDA_START,
-            kind: E820Kind::Ram,
-        },
-        E820Entry {
-            addr: EBDA_START,
-            size: LOW_RAM_END - EBDA_START,
-            kind: E820Kind::Reserved,
-        },
-        E820Entry {
-            addr: HIMEM_START,
-            size: low - HIMEM_START,
-            kind: E820Kind::Ram,
-        },
-    ];
-    if mem_size > MMIO_HOLE_START {
-        map.push(E820Entry {
-            addr: MMIO_HOLE_END,
-            size: mem_size - MMIO_HOLE_START,
-            kind: E820Kind::Ram,
-        });
+    /// The size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
     }
-    Ok(map)
+
+    /// The RAM regions the VMM maps: `[0, min(size, hole))` and, if anything is left, the
+    /// rest from 4 GiB up.
+    pub fn ram_regions(&self) -> Vec<(GuestAddress, usize)> {
+        let low = self.size.min(MMIO_HOLE_START);
+        // `new` made sure the size (and so every part of it) fits in usize.
+        let mut regions = vec![(GuestAddress(0), low as usize)];
+        if self.size > MMIO_HOLE_START {
+            regions.push((
+                GuestAddress(MMIO_HOLE_END),
+                (self.size - MMIO_HOLE_START) as usize,
+            ));
+        }
+        regions
+    }
+
+    /// The e820 map (see the module docs).
+    pub fn e820_map(&self) -> Vec<E820Entry> {
+        let low = self.size.min(MMIO_HOLE_START);
+        let mut map = vec![
+            E820Entry {
+                addr: 0,
+                size: EBDA_START,
+                kind: E820Kind::Ram,
+            },
+            E820Entry {
+                addr: EBDA_START,
+                size: LOW_RAM_END - EBDA_START,
+                kind: E820Kind::Reserved,
+            },
+            E820Entry {
+                addr: HIMEM_START,
+                size: low - HIMEM_START,
+                kind: E820Kind::Ram,
+            },
+        ];
+        if self.size > MMIO_HOLE_START {
+            map.push(E820Entry {
+                addr: MMIO_HOLE_END,
+                size: self.size - MMIO_HOLE_START,
+                kind: E820Kind::Ram,
+            });
+        }
+        map
+    }
 }
 
 #[cfg(test)]
@@ -148,6 +161,14 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
     const GIB: u64 = 1 << 30;
+
+    fn e820_map(size: u64) -> Result<Vec<E820Entry>, Error> {
+        MemoryLayout::new(size).map(|l| l.e820_map())
+    }
+
+    fn ram_regions(size: u64) -> Result<Vec<(GuestAddress, usize)>, Error> {
+        MemoryLayout::new(size).map(|l| l.ram_regions())
+    }
 
     fn ram_total(map: &[E820Entry]) -> u64 {
         map.iter()

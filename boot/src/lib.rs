@@ -2,7 +2,7 @@
 //! the command line, the initrd, the zero page and the e820 map. Pure code over guest memory.
 //!
 //! The order a VMM uses them in:
-//! 1. [`e820::ram_regions`] says which guest RAM to map; [`e820::e820_map`] describes it to
+//! 1. [`e820::MemoryLayout::ram_regions`] says which guest RAM to map; [`e820::MemoryLayout::e820_map`] describes it to
 //!    the guest.
 //! 2. [`loader::load_kernel`] copies the kernel and says where to enter it.
 //! 3. [`initrd::load_initrd`] places the initrd above the kernel.
@@ -45,7 +45,9 @@ mod tests {
     #[test]
     fn full_boot_setup() {
         let size = 64 << 20;
-        let mem = GuestMemoryMmap::from_ranges(&e820::ram_regions(size).unwrap()).unwrap();
+        let mem =
+            GuestMemoryMmap::from_ranges(&e820::MemoryLayout::new(size).unwrap().ram_regions())
+                .unwrap();
 
         // A tiny "vmlinux": one segment at 16 MiB.
         let mut elf = Vec::new();
@@ -84,7 +86,7 @@ mod tests {
                 cmdline_size,
                 initrd: Some(initrd),
                 acpi_rsdp: None,
-                e820: e820::e820_map(size).unwrap(),
+                e820: e820::MemoryLayout::new(size).unwrap().e820_map(),
                 mem_size: size,
             },
         )

@@ -193,42 +193,47 @@ where
     Ok(loaded)
 }
 
+/// A minimal x86_64 ELF executable, the smallest "kernel" minivmm loads: one PT_LOAD
+/// segment of `payload` at guest physical `paddr` (at least 1 MiB), `memsz` bytes in
+/// memory, entered at `paddr` in 64-bit mode. Tests and benchmarks build tiny guests with
+/// it: hand-assembled code that needs no Linux.
+pub fn elf_image(paddr: u64, payload: &[u8], memsz: u64) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(b"\x7fELF");
+    f.extend_from_slice(&[2, 1, 1, 0]); // 64-bit, little endian, version 1, SysV
+    f.extend_from_slice(&[0; 8]);
+    f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    f.extend_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+    f.extend_from_slice(&1u32.to_le_bytes()); // e_version
+    f.extend_from_slice(&paddr.to_le_bytes()); // e_entry
+    f.extend_from_slice(&64u64.to_le_bytes()); // e_phoff
+    f.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    f.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    f.extend_from_slice(&64u16.to_le_bytes()); // e_ehsize
+    f.extend_from_slice(&56u16.to_le_bytes()); // e_phentsize
+    f.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
+    f.extend_from_slice(&[0; 6]); // e_shentsize, e_shnum, e_shstrndx
+    let data_off = 64 + 56u64;
+    f.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    f.extend_from_slice(&7u32.to_le_bytes()); // RWX
+    f.extend_from_slice(&data_off.to_le_bytes()); // p_offset
+    f.extend_from_slice(&(paddr | 0xffff_ffff_8000_0000).to_le_bytes()); // p_vaddr
+    f.extend_from_slice(&paddr.to_le_bytes()); // p_paddr
+    f.extend_from_slice(&(payload.len() as u64).to_le_bytes()); // p_filesz
+    f.extend_from_slice(&memsz.to_le_bytes()); // p_memsz
+    f.extend_from_slice(&0x20_0000u64.to_le_bytes()); // p_align
+    f.extend_from_slice(payload);
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::{Cursor, Write};
     use vm_memory::Bytes;
 
-    /// A minimal x86_64 ELF executable: one PT_LOAD segment of `payload` at `paddr`,
-    /// `memsz` bytes in memory, entry at `paddr`.
     fn fake_elf(paddr: u64, payload: &[u8], memsz: u64) -> Vec<u8> {
-        let mut f = Vec::new();
-        f.extend_from_slice(b"\x7fELF");
-        f.extend_from_slice(&[2, 1, 1, 0]); // 64-bit, little endian, version 1, SysV
-        f.extend_from_slice(&[0; 8]);
-        f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-        f.extend_from_slice(&62u16.to_le_bytes()); // EM_X86_64
-        f.extend_from_slice(&1u32.to_le_bytes()); // e_version
-        f.extend_from_slice(&paddr.to_le_bytes()); // e_entry
-        f.extend_from_slice(&64u64.to_le_bytes()); // e_phoff
-        f.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
-        f.extend_from_slice(&0u32.to_le_bytes()); // e_flags
-        f.extend_from_slice(&64u16.to_le_bytes()); // e_ehsize
-        f.extend_from_slice(&56u16.to_le_bytes()); // e_phentsize
-        f.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
-        f.extend_from_slice(&[0; 6]); // e_shentsize, e_shnum, e_shstrndx
-        assert_eq!(f.len(), 64);
-        let data_off = 64 + 56u64;
-        f.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
-        f.extend_from_slice(&7u32.to_le_bytes()); // RWX
-        f.extend_from_slice(&data_off.to_le_bytes()); // p_offset
-        f.extend_from_slice(&(paddr | 0xffff_ffff_8000_0000).to_le_bytes()); // p_vaddr
-        f.extend_from_slice(&paddr.to_le_bytes()); // p_paddr
-        f.extend_from_slice(&(payload.len() as u64).to_le_bytes()); // p_filesz
-        f.extend_from_slice(&memsz.to_le_bytes()); // p_memsz
-        f.extend_from_slice(&0x20_0000u64.to_le_bytes()); // p_align
-        f.extend_from_slice(payload);
-        f
+        elf_image(paddr, payload, memsz)
     }
 
     /// A minimal bzImage: one setup sector after the boot sector, then `payload`.

@@ -56,7 +56,7 @@ pub struct ZeroPageParams {
     pub cmdline_size: usize,
     /// Address and size of the initrd, if any.
     pub initrd: Option<(GuestAddress, usize)>,
-    /// The memory map (see `crate::e820::e820_map`).
+    /// The memory map (see [`crate::e820::MemoryLayout::e820_map`]).
     pub e820: Vec<E820Entry>,
     /// Guest memory size in bytes.
     pub mem_size: u64,
@@ -137,7 +137,7 @@ pub fn write_zero_page(mem: &GuestMemoryMmap, params: ZeroPageParams) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::e820::{e820_map, E820Kind};
+    use crate::e820::{E820Kind, MemoryLayout};
     use linux_loader::bootparam::{CAN_USE_HEAP, XLF_KERNEL_64};
 
     fn mem() -> GuestMemoryMmap {
@@ -155,7 +155,7 @@ mod tests {
             cmdline_size: 30,
             initrd: Some((GuestAddress(0x3f00_0000), 0x12_3456)),
             acpi_rsdp: Some(GuestAddress(0xe0000)),
-            e820: e820_map(1 << 30).unwrap(),
+            e820: MemoryLayout::new(1 << 30).unwrap().e820_map(),
             mem_size: 1 << 30,
         }
     }

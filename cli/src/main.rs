@@ -1,15 +1,21 @@
 //! The `minivmm` command: parse the command line into a [`vmm::VmConfig`], set up logging,
-//! run the VM, and turn how it ended into an exit code.
+//! build and start the VM, drive it from the terminal and the signals ([`console`]), and
+//! turn how it ended into an exit code.
 //!
-//! This is where a learner starts: `main` → [`vmm::run`] (vmm/src/lib.rs), which opens
-//! `/dev/kvm` and walks the VM from creation to the guest's first instruction.
+//! This is where a learner starts: `main` → [`vmm::VmBuilder::build`]
+//! (vmm/src/builder.rs), which opens `/dev/kvm` and walks the VM from creation to the
+//! guest's first instruction, then [`vmm::Vm::start`].
+
+mod console;
+mod terminal;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use console::Ending;
 use vmm::config::{
-    parse_size, CpuTemplate, CpuTemplateChoice, DiskConfig, NetBackend, NetConfig, SerialMode,
+    parse_size, BlockConfig, CpuTemplate, CpuTemplateChoice, HostInterface, NetConfig, SerialMode,
     VmConfig,
 };
 use vmm::VmOutcome;
@@ -44,7 +50,7 @@ enum CpuTemplateArg {
     Auto,
     /// The CPU features the host's KVM supports.
     Host,
-    /// Hide what the PVM instruction emulator cannot run (see docs/pvm.md).
+    /// Hide what the PVM instruction emulator cannot run (see the README, "PVM hosts").
     Pvm,
 }
 
@@ -87,7 +93,7 @@ struct Args {
     /// guest sees /dev/vda, /dev/vdb, ... in order. With a disk and no root= in --cmdline,
     /// "root=/dev/vda rw" is added.
     #[arg(long, value_name = "SPEC", value_parser = parse_disk)]
-    disk: Vec<DiskConfig>,
+    disk: Vec<BlockConfig>,
 
     /// A network interface: tap=NAME[,mac=MAC] uses an existing tap as it is;
     /// bridge=BR[,mac=MAC] creates a tap on bridge BR, removed when the VM ends.
@@ -99,6 +105,11 @@ struct Args {
     /// A name for the VM (seeds derived MAC addresses).
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
+
+    /// The entropy device (virtio-rng, the guest's /dev/hwrng): src=PATH reads PATH
+    /// (default src=/dev/urandom), none leaves the device out.
+    #[arg(long, value_name = "SPEC", default_value = "src=/dev/urandom", value_parser = parse_rng)]
+    rng: RngArg,
 
     /// Where the guest's serial console goes: stdio, file:PATH or none.
     #[arg(long, value_name = "MODE", default_value = "stdio", value_parser = parse_serial)]
@@ -120,7 +131,8 @@ struct Args {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     shutdown_timeout: std::time::Duration,
 
-    /// Print KVM exit statistics when the VM ends.
+    /// Print KVM exit statistics (by reason, port and MMIO address) and device counters
+    /// when the VM ends.
     #[arg(long)]
     stats: bool,
 
@@ -166,16 +178,33 @@ fn parse_cidr(s: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
     Ok((addr, len))
 }
 
+/// `--rng`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum RngArg {
+    None,
+    Source(PathBuf),
+}
+
+fn parse_rng(s: &str) -> Result<RngArg, String> {
+    match s {
+        "none" => Ok(RngArg::None),
+        _ => match s.strip_prefix("src=") {
+            Some(p) if !p.is_empty() => Ok(RngArg::Source(PathBuf::from(p))),
+            _ => Err(format!("'{s}': expected src=PATH or none")),
+        },
+    }
+}
+
 fn parse_net(s: &str) -> Result<NetConfig, String> {
     let mut backend = None;
     let mut mac = None;
     for opt in s.split(',') {
         match opt.split_once('=') {
             Some(("tap", name)) if !name.is_empty() => {
-                backend = Some(NetBackend::Tap(name.to_string()))
+                backend = Some(HostInterface::Tap(name.to_string()))
             }
             Some(("bridge", br)) if !br.is_empty() => {
-                backend = Some(NetBackend::Bridge(br.to_string()))
+                backend = Some(HostInterface::Bridge(br.to_string()))
             }
             Some(("mac", m)) => mac = Some(vmm::network::parse_mac(m).map_err(|e| e.to_string())?),
             _ => {
@@ -185,8 +214,8 @@ fn parse_net(s: &str) -> Result<NetConfig, String> {
             }
         }
     }
-    let backend = backend.ok_or_else(|| format!("'{s}': needs tap=NAME or bridge=BR"))?;
-    Ok(NetConfig { backend, mac })
+    let host = backend.ok_or_else(|| format!("'{s}': needs tap=NAME or bridge=BR"))?;
+    Ok(NetConfig { host, mac })
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -219,13 +248,13 @@ fn parse_serial(s: &str) -> Result<SerialMode, String> {
     }
 }
 
-fn parse_disk(s: &str) -> Result<DiskConfig, String> {
+fn parse_disk(s: &str) -> Result<BlockConfig, String> {
     let mut parts = s.split(',');
     let path = parts
         .next()
         .filter(|p| !p.is_empty())
         .ok_or("empty disk path")?;
-    let mut disk = DiskConfig {
+    let mut disk = BlockConfig {
         path: PathBuf::from(path),
         read_only: false,
         serial: None,
@@ -291,7 +320,7 @@ fn main() -> ExitCode {
         }
     };
     init_logger(args.log_level);
-    vmm::terminal::install_panic_hook();
+    terminal::install_panic_hook();
 
     if let Some(Command::Network { action }) = args.command {
         let result = match &action {
@@ -312,6 +341,7 @@ fn main() -> ExitCode {
         return ExitCode::from(exit::BAD_INPUT);
     };
 
+    let interactive = args.serial == SerialMode::Stdio;
     let cfg = VmConfig {
         initrd: args.initrd,
         cmdline: (!args.cmdline.is_empty()).then(|| args.cmdline.join(" ")),
@@ -325,34 +355,17 @@ fn main() -> ExitCode {
         },
         disks: args.disk,
         nets: args.net,
-        stats: args.stats,
+        rng: match args.rng {
+            RngArg::None => None,
+            RngArg::Source(p) => Some(p),
+        },
+        detailed_counters: args.stats,
         name: args.name,
         acpi: !args.no_acpi,
-        shutdown_timeout: args.shutdown_timeout,
         ..VmConfig::new(kernel)
     };
-
-    match vmm::run(&cfg) {
-        Ok(VmOutcome::Reset) => {
-            log::info!("guest reset: exiting");
-            ExitCode::from(exit::OK)
-        }
-        Ok(VmOutcome::PowerOff) => {
-            log::info!("guest powered off: exiting");
-            ExitCode::from(exit::OK)
-        }
-        Ok(VmOutcome::Quit) => {
-            eprintln!("\r\nminivmm: quit from the console");
-            ExitCode::from(exit::OK)
-        }
-        Ok(VmOutcome::Signal(n)) => {
-            eprintln!("\r\nminivmm: stopped by signal {n}");
-            ExitCode::from(exit::SIGNAL_BASE.saturating_add(n as u8))
-        }
-        Ok(VmOutcome::Crash(why)) => {
-            eprintln!("minivmm: guest crashed: {why}");
-            ExitCode::from(exit::GUEST_CRASH)
-        }
+    match run(cfg, interactive, args.shutdown_timeout, args.stats) {
+        Ok(ending) => exit_code(ending),
         Err(e) => {
             eprintln!("minivmm: {e}");
             ExitCode::from(if e.is_bad_input() {
@@ -360,6 +373,63 @@ fn main() -> ExitCode {
             } else {
                 exit::VMM_ERROR
             })
+        }
+    }
+}
+
+/// Build, start and drive the VM to its end.
+fn run(
+    cfg: VmConfig,
+    interactive: bool,
+    shutdown_timeout: std::time::Duration,
+    stats: bool,
+) -> Result<Ending, vmm::Error> {
+    let host =
+        |what: &'static str| move |e: std::io::Error| vmm::Error::Host(format!("{what}: {e}"));
+    // Before any thread exists: the VM's threads inherit the blocked signals, so only the
+    // signalfd sees them.
+    let signals = console::take_signals().map_err(host("signal mask"))?;
+    let vm = vmm::VmBuilder::new(cfg)?
+        .console_output(Box::new(std::io::stdout()))
+        .build()?;
+    // From here on the terminal is ours: put it back whatever happens.
+    let _raw = if interactive {
+        Some(terminal::RawModeGuard::new().map_err(host("terminal"))?)
+    } else {
+        None
+    };
+    vm.start()?;
+    let stdin = interactive.then_some(libc::STDIN_FILENO);
+    let ending = console::run(&vm, stdin, &signals, shutdown_timeout).map_err(host("console"))?;
+    drop(_raw);
+    if stats {
+        eprint!("{}", vm.counters().report());
+    }
+    Ok(ending)
+}
+
+fn exit_code(ending: Ending) -> ExitCode {
+    match ending {
+        Ending::Vm(VmOutcome::Reset) => {
+            log::info!("guest reset: exiting");
+            ExitCode::from(exit::OK)
+        }
+        Ending::Vm(VmOutcome::PowerOff) => {
+            log::info!("guest powered off: exiting");
+            ExitCode::from(exit::OK)
+        }
+        Ending::Vm(VmOutcome::Stopped) => ExitCode::from(exit::OK),
+        Ending::Quit => {
+            eprintln!("\r\nminivmm: quit from the console");
+            ExitCode::from(exit::OK)
+        }
+        Ending::Signal(n) => {
+            eprintln!("\r\nminivmm: stopped by signal {n}");
+            ExitCode::from(exit::SIGNAL_BASE.saturating_add(n as u8))
+        }
+        Ending::Vm(VmOutcome::Crash(why)) => {
+            eprintln!("minivmm: guest crashed: {why}");
+            ExitCode::from(exit::GUEST_CRASH)
         }
     }
 }
@@ -395,17 +465,28 @@ mod tests {
     #[test]
     fn net_specs() {
         let n = parse_net("bridge=br0,mac=02:00:00:00:00:01").unwrap();
-        assert_eq!(n.backend, NetBackend::Bridge("br0".into()));
+        assert_eq!(n.host, HostInterface::Bridge("br0".into()));
         assert_eq!(n.mac, Some([2, 0, 0, 0, 0, 1]));
         assert_eq!(
-            parse_net("tap=tap0").unwrap().backend,
-            NetBackend::Tap("tap0".into())
+            parse_net("tap=tap0").unwrap().host,
+            HostInterface::Tap("tap0".into())
         );
         assert!(parse_net("mac=02:00:00:00:00:01").is_err());
         assert!(parse_net("bridge=br0,mac=01:00:00:00:00:01").is_err()); // multicast
         assert!(parse_net("bridge=br0,mac=zz").is_err());
         assert!(parse_net("bridge=").is_err());
         assert!(parse_net("vde=x").is_err());
+    }
+
+    #[test]
+    fn rng_specs() {
+        assert_eq!(parse_rng("none"), Ok(RngArg::None));
+        assert_eq!(
+            parse_rng("src=/dev/random"),
+            Ok(RngArg::Source("/dev/random".into()))
+        );
+        assert!(parse_rng("src=").is_err());
+        assert!(parse_rng("/dev/random").is_err());
     }
 
     #[test]

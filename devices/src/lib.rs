@@ -32,4 +32,6 @@ impl Interrupt for EventFdInterrupt {
 
 pub mod legacy;
 pub mod ratelimit;
+#[cfg(test)]
+pub(crate) mod test_util;
 pub mod virtio;

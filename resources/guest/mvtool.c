@@ -217,7 +217,11 @@ static int cmd_sha256(int argc, char **argv)
 	 * hash the requested part of each. */
 	unsigned long long pos = direct ? off & ~4095ULL : off, end = len == ~0ULL ? ~0ULL : off + len;
 	while (pos < end) {
-		ssize_t n = pread(fd, buf, CHUNK, (off_t)pos);
+		/* Never ask for more than is wanted: a device such as /dev/hwrng makes every byte. */
+		size_t want = CHUNK;
+		if (end != ~0ULL && end - pos < want)
+			want = direct ? (size_t)((end - pos + 4095) & ~4095ULL) : (size_t)(end - pos);
+		ssize_t n = pread(fd, buf, want, (off_t)pos);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0)

@@ -17,20 +17,12 @@ pub enum SerialMode {
 
 pub use arch::cpuid::{CpuTemplate, CpuTemplateChoice};
 
-/// One `--disk`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DiskConfig {
-    /// Raw image file or block device.
-    pub path: PathBuf,
-    /// Open read-only; guest writes fail with an I/O error.
-    pub read_only: bool,
-    /// Serial number the guest reads with GET_ID (at most 20 bytes).
-    pub serial: Option<String>,
-}
+/// One `--disk`: how the block device opens its image.
+pub use devices::virtio::block::BlockConfig;
 
 /// The host side of one `--net`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum NetBackend {
+pub enum HostInterface {
     /// An existing tap device, used as found and left as found.
     Tap(String),
     /// A bridge: minivmm creates a tap, attaches it, and removes it when the VM ends.
@@ -41,7 +33,7 @@ pub enum NetBackend {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetConfig {
     /// Where frames go on the host.
-    pub backend: NetBackend,
+    pub host: HostInterface,
     /// The guest's MAC; derived from the VM and interface index when absent.
     pub mac: Option<[u8; 6]>,
 }
@@ -64,20 +56,20 @@ pub struct VmConfig {
     /// CPUID template choice.
     pub cpu_template: CpuTemplateChoice,
     /// Disks, in order (`vda`, `vdb`, ...).
-    pub disks: Vec<DiskConfig>,
+    pub disks: Vec<BlockConfig>,
     /// Network interfaces, in order (`eth0`, `eth1`, ...).
     pub nets: Vec<NetConfig>,
-    /// Print exit statistics when the VM ends.
-    pub stats: bool,
+    /// The entropy device's host source (`--rng src=PATH`; default `/dev/urandom`), or
+    /// None for no entropy device (`--rng none`).
+    pub rng: Option<PathBuf>,
+    /// Count KVM exits per I/O port and MMIO address too (`--stats`), not only by reason.
+    pub detailed_counters: bool,
     /// A name for the VM; seeds the derived MAC addresses (see [`VmConfig::mac_seed`]).
     pub name: Option<String>,
     /// Describe the machine with ACPI tables (CPUs, IOAPIC, COM1, virtio devices, power
     /// button). Without ACPI, the MP table and `virtio_mmio.device=` entries on the kernel
     /// command line do it.
     pub acpi: bool,
-    /// How long a SIGTERM waits for the guest to shut down after the ACPI power button,
-    /// before the VM is stopped hard.
-    pub shutdown_timeout: std::time::Duration,
 }
 
 impl VmConfig {
@@ -93,10 +85,10 @@ impl VmConfig {
             cpu_template: CpuTemplateChoice::Auto,
             disks: Vec::new(),
             nets: Vec::new(),
-            stats: false,
+            rng: Some(PathBuf::from(DEFAULT_RNG_SOURCE)),
+            detailed_counters: false,
             name: None,
             acpi: true,
-            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
         }
     }
 
@@ -118,8 +110,8 @@ impl VmConfig {
     }
 }
 
-/// Default `--shutdown-timeout`.
-pub const DEFAULT_SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Where the entropy device reads by default.
+pub const DEFAULT_RNG_SOURCE: &str = "/dev/urandom";
 
 /// Default guest RAM: 256 MiB.
 pub const DEFAULT_MEMORY: u64 = 256 << 20;

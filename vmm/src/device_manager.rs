@@ -4,8 +4,8 @@
 //! - Legacy devices sit at their PC addresses on the port-I/O bus: COM1 at 0x3f8 (IRQ 4),
 //!   the i8042 at 0x60/0x64. The boot timer sits at the start of the MMIO hole.
 //! - Each virtio-mmio device gets the next 4 KiB window above the boot timer and the next
-//!   free IRQ line, and a `virtio_mmio.device=4K@ADDR:IRQ` entry on the kernel command line
-//!   so Linux finds it without ACPI.
+//!   free IRQ line; the ACPI DSDT (or, with `--no-acpi`, a `virtio_mmio.device=4K@ADDR:IRQ`
+//!   entry on the kernel command line) tells Linux where it is.
 //! - Interrupts are irqfds: a device writes an eventfd, KVM injects the interrupt into the
 //!   in-kernel IOAPIC without a trip through the VMM. Queue notifications are ioeventfds:
 //!   the guest's write to `QueueNotify` signals an eventfd inside KVM, so it costs no
@@ -17,13 +17,13 @@ use std::time::Instant;
 use arch::layout;
 use devices::legacy::{AcpiPm, BootTimer, SerialDevice, I8042};
 use devices::virtio::mmio::MmioTransport;
-use devices::virtio::{VirtioDevice, VirtioInterrupt};
+use devices::virtio::worker::Control;
+use devices::virtio::{GuestMemoryMmap, VirtioDevice, VirtioInterrupt};
 use devices::{EventFdInterrupt, Interrupt};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::bus::{Bus, BusError};
-use crate::GuestMemoryMmap;
 
 /// Why a device could not be added.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +59,10 @@ pub enum DeviceError {
     #[error("creating the virtio-mmio transport: {0}")]
     Transport(#[source] std::io::Error),
 }
+
+// The transport's register window is the window the layout (and so the ACPI DSDT) gives
+// each device.
+const _: () = assert!(devices::virtio::mmio::MMIO_SIZE == layout::VIRTIO_MMIO_SIZE);
 
 // Every virtio-mmio window stays below the IOAPIC.
 const _: () = assert!(
@@ -127,13 +131,39 @@ impl SlotAllocator {
     }
 }
 
+/// One virtio device as the rest of the VMM sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VirtioDeviceInfo {
+    /// `eth0`, `vda`, `rng0`, ...: what the guest will call it.
+    pub name: String,
+    /// The virtio device ID (1 net, 2 block, 4 entropy).
+    pub device_type: u32,
+    /// Its register window and IRQ line.
+    pub slot: MmioSlot,
+}
+
+struct VirtioEntry {
+    info: VirtioDeviceInfo,
+    transport: Arc<Mutex<MmioTransport>>,
+    worker: Option<Arc<Control>>,
+}
+
 /// All devices of a VM and the buses they sit on.
 pub struct DeviceManager {
-    /// Port-I/O bus.
-    pub pio: Bus,
-    /// MMIO bus.
-    pub mmio: Bus,
-    /// COM1, shared with the console input handler.
+    pio: Bus,
+    mmio: Bus,
+    serial: Arc<Mutex<SerialDevice>>,
+    reset_evt: EventFd,
+    poweroff_evt: EventFd,
+    acpi_pm: Arc<Mutex<AcpiPm>>,
+    boot_timer: Arc<Mutex<BootTimer>>,
+    slots: SlotAllocator,
+    virtio: Vec<VirtioEntry>,
+}
+
+/// The events devices raise that end the VM, and the devices the VMM thread drives.
+pub struct DeviceHandles {
+    /// COM1, for console input.
     pub serial: Arc<Mutex<SerialDevice>>,
     /// Signalled by the i8042 when the guest asks for a CPU reset.
     pub reset_evt: EventFd,
@@ -141,15 +171,12 @@ pub struct DeviceManager {
     pub poweroff_evt: EventFd,
     /// The ACPI power-management device, to press the power button.
     pub acpi_pm: Arc<Mutex<AcpiPm>>,
-    /// Where each virtio device lives, in order (for the ACPI DSDT).
-    pub virtio_slots: Vec<MmioSlot>,
-    /// The boot timer, to report the boot time at the end.
+    /// The boot timer, for the boot time.
     pub boot_timer: Arc<Mutex<BootTimer>>,
-    /// Command-line entries that describe the virtio devices to Linux.
-    pub cmdline_entries: Vec<String>,
-    slots: SlotAllocator,
-    /// The transports, kept so the device models live as long as the VM.
-    virtio: Vec<Arc<Mutex<MmioTransport>>>,
+    /// The virtio devices' workers, to pause and resume.
+    pub workers: Vec<Arc<Control>>,
+    /// The virtio devices, for their counters.
+    pub virtio: Vec<(VirtioDeviceInfo, Arc<Mutex<MmioTransport>>)>,
 }
 
 fn irq_line(vm: &VmFd, irq: u32) -> Result<Arc<dyn Interrupt>, DeviceError> {
@@ -206,24 +233,25 @@ impl DeviceManager {
             reset_evt,
             poweroff_evt,
             acpi_pm,
-            virtio_slots: Vec::new(),
             boot_timer,
-            cmdline_entries: Vec::new(),
             slots: SlotAllocator::default(),
             virtio: Vec::new(),
         })
     }
 
-    /// Put a virtio device behind a new virtio-mmio transport: allocate its window and IRQ,
-    /// wire the irqfd and one ioeventfd per queue, and describe it on the command line.
+    /// Put a virtio device, which the guest will call `name`, behind a new virtio-mmio
+    /// transport: allocate its window and IRQ, wire the irqfd and one ioeventfd per queue.
     pub fn add_virtio(
         &mut self,
         vm: &VmFd,
         mem: &GuestMemoryMmap,
+        name: String,
         device: Box<dyn VirtioDevice>,
     ) -> Result<MmioSlot, DeviceError> {
         let slot = self.slots.allocate()?;
         let interrupt = Arc::new(VirtioInterrupt::new(irq_line(vm, slot.irq)?));
+        let device_type = device.device_type();
+        let worker = device.worker();
         let transport =
             MmioTransport::new(mem.clone(), device, interrupt).map_err(DeviceError::Transport)?;
         let notify = slot.base + devices::virtio::mmio::QUEUE_NOTIFY_OFFSET;
@@ -235,15 +263,63 @@ impl DeviceManager {
                 })?;
         }
         let transport = Arc::new(Mutex::new(transport));
-        self.mmio
-            .insert(transport.clone(), slot.base, layout::VIRTIO_MMIO_SIZE)?;
-        self.virtio.push(transport);
-        self.virtio_slots.push(slot);
-        self.cmdline_entries.push(format!(
-            "virtio_mmio.device=4K@{:#x}:{}",
-            slot.base, slot.irq
-        ));
+        self.mmio.insert(
+            transport.clone(),
+            slot.base,
+            devices::virtio::mmio::MMIO_SIZE,
+        )?;
+        self.virtio.push(VirtioEntry {
+            info: VirtioDeviceInfo {
+                name,
+                device_type,
+                slot,
+            },
+            transport,
+            worker,
+        });
         Ok(slot)
+    }
+
+    /// Where each virtio device lives, in the order they were added.
+    pub fn virtio_slots(&self) -> Vec<MmioSlot> {
+        self.virtio.iter().map(|v| v.info.slot).collect()
+    }
+
+    /// `virtio_mmio.device=4K@ADDR:IRQ`, one per virtio device: how a kernel without ACPI
+    /// finds them.
+    pub fn cmdline_entries(&self) -> Vec<String> {
+        self.virtio
+            .iter()
+            .map(|v| {
+                format!(
+                    "virtio_mmio.device=4K@{:#x}:{}",
+                    v.info.slot.base, v.info.slot.irq
+                )
+            })
+            .collect()
+    }
+
+    /// Hand everything over: the two buses (to the vCPUs) and the handles the VMM thread
+    /// keeps.
+    pub fn finish(self) -> (Bus, Bus, DeviceHandles) {
+        let handles = DeviceHandles {
+            serial: self.serial,
+            reset_evt: self.reset_evt,
+            poweroff_evt: self.poweroff_evt,
+            acpi_pm: self.acpi_pm,
+            boot_timer: self.boot_timer,
+            workers: self
+                .virtio
+                .iter()
+                .filter_map(|v| v.worker.clone())
+                .collect(),
+            virtio: self
+                .virtio
+                .into_iter()
+                .map(|v| (v.info, v.transport))
+                .collect(),
+        };
+        (self.pio, self.mmio, handles)
     }
 }
 

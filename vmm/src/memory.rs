@@ -4,17 +4,19 @@
 //! region) and tells KVM where it is with `KVM_SET_USER_MEMORY_REGION`: guest physical
 //! address X is then host virtual address `region.host_base + (X - region.guest_base)`.
 //! RAM that would overlap the 32-bit MMIO hole (devices, IOAPIC, LAPIC) continues at 4 GiB;
-//! `boot::e820::ram_regions` computes the split.
+//! `boot::e820::MemoryLayout` computes the split, once, from the checked size ([`layout`]),
+//! and the same layout later gives the e820 map.
 //!
 //! Every access the VMM makes on the guest's behalf goes through vm-memory's checked
 //! accessors, which refuse addresses outside these regions: that is what keeps an
 //! untrusted guest's pointers from reaching host memory.
 
+use boot::e820::MemoryLayout;
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
-use crate::GuestMemoryMmap;
+use devices::virtio::GuestMemoryMmap;
 
 /// Why guest memory could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -59,22 +61,22 @@ pub fn host_ram() -> Option<u64> {
     kib.checked_mul(1024)
 }
 
-/// Check `size` against the layout's limits and the host's RAM (`host`).
-pub fn check_size(size: u64, host: Option<u64>) -> Result<(), MemoryError> {
-    boot::e820::ram_regions(size)?;
+/// Check `size` once, against the layout's limits and the host's RAM (`host`): the
+/// layout that guest memory and the e820 map are then made from.
+pub fn layout(size: u64, host: Option<u64>) -> Result<MemoryLayout, MemoryError> {
+    let layout = MemoryLayout::new(size)?;
     match host {
         Some(host) if size > host => Err(MemoryError::TooLarge {
             asked: size >> 20,
             host: host >> 20,
         }),
-        _ => Ok(()),
+        _ => Ok(layout),
     }
 }
 
-/// Allocate `size` bytes of guest RAM, split around the MMIO hole.
-pub fn create(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
-    check_size(size, host_ram())?;
-    GuestMemoryMmap::from_ranges(&boot::e820::ram_regions(size)?).map_err(MemoryError::Mmap)
+/// Allocate the guest RAM of `layout`, split around the MMIO hole.
+pub fn create(layout: &MemoryLayout) -> Result<GuestMemoryMmap, MemoryError> {
+    GuestMemoryMmap::from_ranges(&layout.ram_regions()).map_err(MemoryError::Mmap)
 }
 
 /// Tell KVM about every region of `mem`, one memory slot each.
@@ -102,20 +104,20 @@ mod tests {
 
     #[test]
     fn size_limits() {
-        assert!(matches!(check_size(0, None), Err(MemoryError::Layout(_))));
+        assert!(matches!(layout(0, None), Err(MemoryError::Layout(_))));
         assert!(matches!(
-            check_size(4095 + (16 << 20), None),
+            layout(4095 + (16 << 20), None),
             Err(MemoryError::Layout(_))
         ));
         assert!(matches!(
-            check_size(8 << 30, Some(4 << 30)),
+            layout(8 << 30, Some(4 << 30)),
             Err(MemoryError::TooLarge {
                 asked: 8192,
                 host: 4096
             })
         ));
-        assert!(check_size(256 << 20, Some(4 << 30)).is_ok());
-        assert!(check_size(256 << 20, None).is_ok());
+        assert_eq!(layout(256 << 20, Some(4 << 30)).unwrap().size(), 256 << 20);
+        assert!(layout(256 << 20, None).is_ok());
     }
 
     #[test]

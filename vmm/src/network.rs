@@ -22,12 +22,11 @@
 //! left behind to clean up. A TAP the user names (`tap=NAME`, [`ManagedTap::open_existing`])
 //! is the user's: minivmm attaches to it but never reconfigures or removes it.
 
-use std::ffi::CString;
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use devices::virtio::net::tap::{Tap, TapError, MAX_IFNAME_LEN};
+use devices::virtio::net::tap::{ifreq_with_name, Tap, TapError, MAX_IFNAME_LEN};
 
 /// Bridge ioctls (`linux/sockios.h`); the `libc` crate does not define them for Linux.
 const SIOCBRADDBR: libc::c_ulong = 0x89a0;
@@ -120,19 +119,10 @@ pub enum NetworkError {
 
 type Result<T> = std::result::Result<T, NetworkError>;
 
-/// Check `name` as the kernel's `dev_valid_name` would.
+/// Check `name` as the kernel's `dev_valid_name` would (the TAP module's rules).
 fn validate_name(name: &str) -> Result<()> {
-    let bad = name.is_empty()
-        || name.len() > MAX_IFNAME_LEN
-        || name == "."
-        || name == ".."
-        || name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c == '\0' || c.is_whitespace());
-    if bad {
-        return Err(NetworkError::InvalidName(name.to_string()));
-    }
-    Ok(())
+    devices::virtio::net::tap::validate_name(name)
+        .map_err(|_| NetworkError::InvalidName(name.to_string()))
 }
 
 /// An `AF_INET` datagram socket: the handle the interface ioctls go through.
@@ -164,12 +154,16 @@ impl CtlSocket {
 
     /// The `ifreq` for `name` (validated by the caller).
     fn ifreq(name: &str) -> libc::ifreq {
-        // SAFETY: `ifreq` is plain old data; all zeros is a valid value.
-        let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-        for (dst, src) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
-            *dst = src as libc::c_char;
-        }
-        ifr
+        ifreq_with_name(name)
+    }
+
+    /// SIOCBRADDBR / SIOCBRDELBR on bridge `name`. The kernel copies IFNAMSIZ (16) bytes
+    /// from the pointer whatever the name's length, so it gets a whole `ifr_name` array.
+    fn bridge_ioctl(&self, request: libc::c_ulong, name: &str) -> io::Result<()> {
+        let mut ifr = Self::ifreq(name);
+        // SAFETY: the pointer is to `ifr.ifr_name`, IFNAMSIZ bytes, NUL-terminated
+        // (validate_name keeps names to 15 bytes), alive for the call.
+        unsafe { self.ioctl(request, ifr.ifr_name.as_mut_ptr()) }
     }
 
     fn if_index(&self, name: &str) -> io::Result<libc::c_int> {
@@ -266,10 +260,7 @@ pub fn create_bridge(name: &str, cidr: Option<(Ipv4Addr, u8)>) -> Result<()> {
         }
     }
     let sock = CtlSocket::new()?;
-    let cname = CString::new(name).map_err(|_| NetworkError::InvalidName(name.to_string()))?;
-    // SAFETY: SIOCBRADDBR reads a NUL-terminated name (at most IFNAMSIZ bytes, checked by
-    // validate_name) through the pointer.
-    if let Err(e) = unsafe { sock.ioctl(SIOCBRADDBR, cname.as_ptr().cast_mut()) } {
+    if let Err(e) = sock.bridge_ioctl(SIOCBRADDBR, name) {
         if e.raw_os_error() == Some(libc::EEXIST) {
             return Err(NetworkError::AlreadyExists(name.to_string()));
         }
@@ -286,8 +277,7 @@ pub fn create_bridge(name: &str, cidr: Option<(Ipv4Addr, u8)>) -> Result<()> {
         sock.set_up(name, true).map_err(ioctl_err("bring up", name))
     };
     if let Err(e) = configure() {
-        // SAFETY: as above, SIOCBRDELBR reads a NUL-terminated name.
-        if let Err(del) = unsafe { sock.ioctl(SIOCBRDELBR, cname.as_ptr().cast_mut()) } {
+        if let Err(del) = sock.bridge_ioctl(SIOCBRDELBR, name) {
             log::warn!("network: could not remove half-created bridge {name}: {del}");
         }
         return Err(e);
@@ -309,9 +299,7 @@ pub fn delete_bridge(name: &str) -> Result<()> {
     // The kernel refuses to delete a bridge that is up (EBUSY).
     sock.set_up(name, false)
         .map_err(ioctl_err("bring down", name))?;
-    let cname = CString::new(name).map_err(|_| NetworkError::InvalidName(name.to_string()))?;
-    // SAFETY: SIOCBRDELBR reads a NUL-terminated name through the pointer.
-    unsafe { sock.ioctl(SIOCBRDELBR, cname.as_ptr().cast_mut()) }
+    sock.bridge_ioctl(SIOCBRDELBR, name)
         .map_err(ioctl_err("delete bridge", name))?;
     log::info!("network: deleted bridge {name}");
     Ok(())

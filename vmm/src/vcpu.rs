@@ -2,20 +2,25 @@
 //!
 //! `KVM_RUN` executes guest code until something needs the VMM: an I/O port or MMIO
 //! access that no in-kernel device handles, a shutdown (triple fault), or an error. Each
-//! vCPU runs this loop on its own thread; the buses are shared. When the VM must stop,
-//! the main thread sets [`VcpuControl::stop`] and kicks every vCPU thread with a signal,
-//! which makes `KVM_RUN` return `EINTR`.
+//! vCPU runs this loop on its own thread; the buses are shared.
+//!
+//! Pause and stop: the VMM thread sets the [`VcpuControl`] state and kicks every vCPU
+//! thread with a signal, which makes `KVM_RUN` return `EINTR`; before every `KVM_RUN` a
+//! vCPU looks at the state and parks (pause) or returns (stop). A kick can arrive just
+//! before the thread enters `KVM_RUN` and be lost, so the VMM thread kicks again until each
+//! vCPU has parked or ended.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_lapic_state, Msrs};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::bus::Bus;
-use crate::stats::Stats;
-use crate::{ExitSlot, GuestMemoryMmap, VmOutcome};
+use crate::stats::{ExitCounters, ExitReason};
+use crate::vm::VmOutcome;
+use devices::virtio::GuestMemoryMmap;
 
 /// Why a vCPU could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -36,11 +41,99 @@ pub enum VcpuError {
     Regs(u8, String),
 }
 
-/// State shared by the main thread and all vCPU threads.
-#[derive(Default)]
+/// What the vCPUs should be doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunState {
+    /// Run the guest.
+    Run,
+    /// Park before the next `KVM_RUN` until the state changes.
+    Pause,
+    /// Leave the run loop.
+    Stop,
+}
+
+/// The run state shared by the VMM thread and all vCPU threads, and how many vCPUs are
+/// parked.
 pub struct VcpuControl {
-    /// Set by the main thread when the VM is ending.
-    pub stop: AtomicBool,
+    state: Mutex<(RunState, usize)>,
+    changed: Condvar,
+}
+
+impl Default for VcpuControl {
+    fn default() -> Self {
+        Self {
+            state: Mutex::new((RunState::Run, 0)),
+            changed: Condvar::new(),
+        }
+    }
+}
+
+impl VcpuControl {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (RunState, usize)> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Set the state (the caller kicks the vCPU threads so that they notice).
+    pub fn set(&self, s: RunState) {
+        self.lock().0 = s;
+        self.changed.notify_all();
+    }
+
+    /// The state.
+    pub fn get(&self) -> RunState {
+        self.lock().0
+    }
+
+    /// Wait up to `timeout` until `n` vCPUs are parked; whether they are.
+    pub fn wait_parked(&self, n: usize, timeout: Duration) -> bool {
+        let g = self.lock();
+        let (g, _) = self
+            .changed
+            .wait_timeout_while(g, timeout, |(_, parked)| *parked < n)
+            .unwrap_or_else(|e| e.into_inner());
+        g.1 >= n
+    }
+
+    /// Called by a vCPU thread before `KVM_RUN`: parks while paused; `false` once it must
+    /// stop.
+    fn may_run(&self) -> bool {
+        let mut g = self.lock();
+        loop {
+            match g.0 {
+                RunState::Run => return true,
+                RunState::Stop => return false,
+                RunState::Pause => {
+                    g.1 += 1;
+                    self.changed.notify_all();
+                    g = self.changed.wait(g).unwrap_or_else(|e| e.into_inner());
+                    g.1 -= 1;
+                }
+            }
+        }
+    }
+}
+
+/// Kick every thread in `threads` out of `KVM_RUN` until `done()` or `timeout`; whether
+/// `done()` became true.
+pub fn kick_until(
+    threads: &[std::thread::JoinHandle<()>],
+    timeout: Duration,
+    mut done: impl FnMut() -> bool,
+) -> bool {
+    use vmm_sys_util::signal::Killable;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        for t in threads.iter().filter(|t| !t.is_finished()) {
+            let _ = t.kill(kick_signal());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// The signal used to kick a vCPU thread out of `KVM_RUN`.
@@ -94,7 +187,7 @@ pub struct Vcpu {
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     mem: GuestMemoryMmap,
-    stats: Option<Arc<Stats>>,
+    counters: Arc<ExitCounters>,
 }
 
 /// What [`Vcpu::configure`] needs to know about the machine.
@@ -117,7 +210,7 @@ impl Vcpu {
         pio: Arc<Bus>,
         mmio: Arc<Bus>,
         mem: GuestMemoryMmap,
-        stats: Option<Arc<Stats>>,
+        counters: Arc<ExitCounters>,
     ) -> Result<Self, VcpuError> {
         let fd = vm
             .create_vcpu(index.into())
@@ -132,7 +225,7 @@ impl Vcpu {
             pio,
             mmio,
             mem,
-            stats,
+            counters,
         })
     }
 
@@ -205,68 +298,51 @@ impl Vcpu {
         Ok(())
     }
 
-    fn count(&self, reason: &'static str) {
-        if let Some(s) = &self.stats {
-            s.exit(reason);
-        }
+    fn count(&self, reason: ExitReason) {
+        self.counters.exit(reason);
     }
 
-    /// Run the guest until it resets, powers off, crashes, or `control.stop` is set.
-    /// The outcome goes to `exit` (the first outcome of any vCPU wins).
-    pub fn run(mut self, control: Arc<VcpuControl>, exit: Arc<ExitSlot>) {
-        let outcome = self.run_loop(&control);
-        if let Some(o) = outcome {
-            exit.set(o);
-        }
-    }
-
-    fn run_loop(&mut self, control: &VcpuControl) -> Option<VmOutcome> {
+    /// Run the guest until it resets, powers off or crashes (the outcome), or until the
+    /// control says stop (None). Parks in between while the control says pause.
+    pub fn run(mut self, control: &VcpuControl) -> Option<VmOutcome> {
         // Taken once: the exit borrows `self.fd` mutably, so the arms use these copies.
-        let stats = self.stats.clone();
+        let counters = self.counters.clone();
         let index = self.index;
         loop {
-            if control.stop.load(Ordering::Acquire) {
+            if !control.may_run() {
                 return None;
             }
             let exit = self.fd.run();
             match exit {
                 Ok(VcpuExit::IoIn(port, data)) => {
-                    if let Some(s) = &stats {
-                        s.exit("io-in");
-                        s.pio(port);
-                    }
+                    counters.exit(ExitReason::IoIn);
+                    counters.pio(port);
                     self.pio.read(port.into(), data);
                 }
                 Ok(VcpuExit::IoOut(port, data)) => {
-                    if let Some(s) = &stats {
-                        s.exit("io-out");
-                        s.pio(port);
-                    }
+                    counters.exit(ExitReason::IoOut);
+                    counters.pio(port);
                     self.pio.write(port.into(), data);
                 }
                 Ok(VcpuExit::MmioRead(addr, data)) => {
-                    if let Some(s) = &stats {
-                        s.exit("mmio-read");
-                        s.mmio(addr);
-                    }
+                    counters.exit(ExitReason::MmioRead);
+                    counters.mmio(addr);
                     self.mmio.read(addr, data);
                 }
                 Ok(VcpuExit::MmioWrite(addr, data)) => {
-                    if let Some(s) = &stats {
-                        s.exit("mmio-write");
-                        s.mmio(addr);
-                    }
+                    counters.exit(ExitReason::MmioWrite);
+                    counters.mmio(addr);
                     self.mmio.write(addr, data);
                 }
                 Ok(VcpuExit::Hlt) => {
                     // With the in-kernel irqchip KVM handles HLT itself; a HLT exit means
                     // the vCPU halted with interrupts it can never get: treat as power off.
-                    self.count("hlt");
+                    self.count(ExitReason::Hlt);
                     log::info!("vCPU {} halted", self.index);
                     return Some(VmOutcome::PowerOff);
                 }
                 Ok(VcpuExit::Shutdown) => {
-                    self.count("shutdown");
+                    self.count(ExitReason::Shutdown);
                     return Some(VmOutcome::Crash(format!(
                         "vCPU {}: triple fault (KVM_EXIT_SHUTDOWN){}",
                         self.index,
@@ -274,7 +350,7 @@ impl Vcpu {
                     )));
                 }
                 Ok(VcpuExit::SystemEvent(kind, _)) => {
-                    self.count("system-event");
+                    self.count(ExitReason::SystemEvent);
                     return Some(match kind {
                         kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => VmOutcome::PowerOff,
                         kvm_bindings::KVM_SYSTEM_EVENT_RESET => VmOutcome::Reset,
@@ -284,7 +360,7 @@ impl Vcpu {
                     });
                 }
                 Ok(VcpuExit::InternalError) => {
-                    self.count("internal-error");
+                    self.count(ExitReason::InternalError);
                     // SAFETY: for KVM_EXIT_INTERNAL_ERROR the kernel filled the `internal`
                     // member of the exit union.
                     let internal = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal };
@@ -304,22 +380,22 @@ impl Vcpu {
                     )));
                 }
                 Ok(VcpuExit::FailEntry(reason, cpu)) => {
-                    self.count("fail-entry");
+                    self.count(ExitReason::FailEntry);
                     return Some(VmOutcome::Crash(format!(
                         "vCPU {}: VM entry failed, hardware reason {reason:#x} on host CPU {cpu}",
                         self.index
                     )));
                 }
-                Ok(VcpuExit::Intr) => self.count("intr"),
+                Ok(VcpuExit::Intr) => self.count(ExitReason::Intr),
                 Ok(other) => {
                     let what = format!("{other:?}");
-                    self.count("other");
+                    counters.exit(ExitReason::Other);
                     return Some(VmOutcome::Crash(format!(
                         "vCPU {index}: unexpected KVM exit {what}"
                     )));
                 }
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                    self.count("intr");
+                    self.count(ExitReason::Intr);
                 }
                 Err(e) => {
                     return Some(VmOutcome::Crash(format!(

@@ -157,21 +157,12 @@ impl BusDevice for AcpiPm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
+    use crate::test_util::CountingInterrupt;
     use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
-    #[derive(Default)]
-    struct Counter(AtomicUsize);
-    impl Interrupt for Counter {
-        fn trigger(&self) -> io::Result<()> {
-            self.0.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-    }
-
-    fn device() -> (AcpiPm, EventFd, Arc<Counter>) {
+    fn device() -> (AcpiPm, EventFd, Arc<CountingInterrupt>) {
         let evt = EventFd::new(EFD_NONBLOCK).unwrap();
-        let irq = Arc::new(Counter::default());
+        let irq = Arc::new(CountingInterrupt::default());
         let pm = AcpiPm::new(evt.try_clone().unwrap(), irq.clone());
         (pm, evt, irq)
     }
@@ -229,7 +220,7 @@ mod tests {
         let (mut pm, evt, irq) = device();
         assert_eq!(read1(&mut pm, GED_EVENT_OFFSET), 0);
         pm.press_power_button().unwrap();
-        assert_eq!(irq.0.load(Ordering::SeqCst), 1);
+        assert_eq!(irq.count(), 1);
         assert_eq!(pm.pending_events(), GED_EVENT_POWER_BUTTON);
         // _EVT's read returns the bit and clears it.
         assert_eq!(read1(&mut pm, GED_EVENT_OFFSET), GED_EVENT_POWER_BUTTON);
@@ -237,7 +228,7 @@ mod tests {
         // Two presses before the guest looks: two interrupts, one pending bit.
         pm.press_power_button().unwrap();
         pm.press_power_button().unwrap();
-        assert_eq!(irq.0.load(Ordering::SeqCst), 3);
+        assert_eq!(irq.count(), 3);
         assert_eq!(read1(&mut pm, GED_EVENT_OFFSET), GED_EVENT_POWER_BUTTON);
         assert!(
             evt.read().is_err(),

@@ -100,7 +100,7 @@ impl BusDevice for SerialDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use crate::test_util::CountingInterrupt;
     use std::sync::Mutex;
 
     const DATA: u64 = 0;
@@ -109,20 +109,6 @@ mod tests {
     const LCR: u64 = 3;
     const MCR: u64 = 4;
     const LSR: u64 = 5;
-
-    #[derive(Default)]
-    struct Counter(AtomicUsize);
-    impl Interrupt for Counter {
-        fn trigger(&self) -> io::Result<()> {
-            self.0.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-    }
-    impl Counter {
-        fn count(&self) -> usize {
-            self.0.load(Ordering::SeqCst)
-        }
-    }
 
     /// A writer the test can inspect after handing it to the device.
     #[derive(Clone, Default)]
@@ -137,8 +123,8 @@ mod tests {
         }
     }
 
-    fn device() -> (SerialDevice, Arc<Counter>, SharedBuf) {
-        let irq = Arc::new(Counter::default());
+    fn device() -> (SerialDevice, Arc<CountingInterrupt>, SharedBuf) {
+        let irq = Arc::new(CountingInterrupt::default());
         let buf = SharedBuf::default();
         let dev = SerialDevice::new(irq.clone(), Box::new(buf.clone()));
         (dev, irq, buf)
@@ -239,7 +225,7 @@ mod tests {
                 Ok(())
             }
         }
-        let irq = Arc::new(Counter::default());
+        let irq = Arc::new(CountingInterrupt::default());
         let mut dev = SerialDevice::new(irq, Box::new(Broken));
         dev.write(DATA, b"x");
         assert_eq!(rd(&mut dev, LSR) & 0x20, 0x20, "THR still reported empty");

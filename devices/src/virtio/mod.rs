@@ -3,13 +3,15 @@
 //! The split is the spec's: the transport ([`mmio`]) owns the registers, feature
 //! negotiation, the status state machine and the queue configuration; a device (block,
 //! net, ...) implements [`VirtioDevice`] and only sees its config space and, once the driver
-//! sets `DRIVER_OK`, its ready queues. Device I/O runs on a worker thread of the device,
-//! never on the vCPU thread: the vCPU only writes the notify register, which KVM turns into
-//! an eventfd signal (ioeventfd) without leaving the kernel.
+//! sets `DRIVER_OK`, its ready queues. Device I/O runs on the device's worker thread
+//! ([`worker`]: one shape for every device, started when the VMM builds the device), never
+//! on the vCPU thread: the vCPU only writes the notify register, which KVM turns into an
+//! eventfd signal (ioeventfd) without leaving the kernel.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
+use virtio_queue::QueueT;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::Interrupt;
@@ -17,6 +19,8 @@ use crate::Interrupt;
 pub mod block;
 pub mod mmio;
 pub mod net;
+pub mod rng;
+pub mod worker;
 
 /// Guest memory as devices see it.
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
@@ -107,6 +111,41 @@ pub struct ActivateContext {
     pub interrupt: Arc<VirtioInterrupt>,
 }
 
+impl ActivateContext {
+    /// Check that the driver set up exactly the `count` queues `device` has, all ready, and
+    /// split the context for the device's worker.
+    pub fn take_queues(
+        self,
+        device: &str,
+        count: usize,
+    ) -> Result<(worker::ActiveQueues, Vec<EventFd>), ActivateError> {
+        if self.queues.len() != count || self.queue_events.len() != count {
+            return Err(ActivateError::BadConfig(format!(
+                "{device} needs {count} queue(s) and as many queue events, got {} and {}",
+                self.queues.len(),
+                self.queue_events.len()
+            )));
+        }
+        if let Some(i) = self.queues.iter().position(|q| !q.ready()) {
+            return Err(ActivateError::QueueNotReady(i));
+        }
+        Ok(self.split())
+    }
+
+    /// What the device's worker takes: the queues, and their eventfds in the same order.
+    pub fn split(self) -> (worker::ActiveQueues, Vec<EventFd>) {
+        (
+            worker::ActiveQueues {
+                mem: self.mem,
+                acked_features: self.acked_features,
+                queues: self.queues,
+                interrupt: self.interrupt,
+            },
+            self.queue_events,
+        )
+    }
+}
+
 /// A virtio device behind a transport.
 pub trait VirtioDevice: Send {
     /// The virtio device ID (1 = net, 2 = block, 4 = entropy, ...).
@@ -122,6 +161,15 @@ pub trait VirtioDevice: Send {
     /// Start processing the queues.
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
     /// Stop processing and drop everything `activate` was given (driver reset). After this
-    /// the device can be activated again.
+    /// the device can be activated again. Must not wait for the device's worker: it runs
+    /// on the vCPU thread that wrote the `Status` register.
     fn reset(&mut self);
+    /// The device's worker, for the VMM to pause and resume (None: no worker thread).
+    fn worker(&self) -> Option<Arc<worker::Control>> {
+        None
+    }
+    /// What the device has done so far, as (counter, value) pairs.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }

@@ -180,8 +180,16 @@ impl DiskImage {
 
     /// Make `len` bytes at `offset` read as zeroes. With `unmap` the range may be deallocated
     /// (hole punch); without, it stays allocated (`FALLOC_FL_ZERO_RANGE`). When the file system
-    /// or device supports neither, zeroes are written.
-    pub(crate) fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+    /// or device supports neither, zeroes are written, 64 KiB at a time; `abort`, when set
+    /// between two of those writes, ends it with `ECANCELED` (the device is being reset: a
+    /// gigabyte of zeroes must not hold that up).
+    pub(crate) fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        unmap: bool,
+        abort: Option<&std::sync::atomic::AtomicBool>,
+    ) -> io::Result<()> {
         let mode = if unmap {
             FallocateMode::PunchHole
         } else {
@@ -193,6 +201,9 @@ impl DiskImage {
         static ZEROES: [u8; 64 * 1024] = [0; 64 * 1024];
         let mut done: u64 = 0;
         while done < len {
+            if abort.is_some_and(|a| a.load(std::sync::atomic::Ordering::Relaxed)) {
+                return Err(io::Error::from_raw_os_error(libc::ECANCELED));
+            }
             let chunk = (len - done).min(ZEROES.len() as u64);
             let at = offset
                 .checked_add(done)

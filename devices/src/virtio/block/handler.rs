@@ -13,7 +13,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::disk::DiskImage;
 use super::request::{parse_request, Request, RequestKind};
-use super::{SECTOR_SHIFT, SECTOR_SIZE};
+use super::{BlockCounters, SECTOR_SHIFT, SECTOR_SIZE};
 use crate::virtio::GuestMemoryMmap;
 
 /// Why the queue could not be drained.
@@ -34,18 +34,22 @@ pub(crate) struct Engine {
     pub(crate) capacity: u64,
     /// The GET_ID answer: the serial, zero-padded to 20 bytes.
     pub(crate) id: [u8; VIRTIO_BLK_ID_BYTES as usize],
+    /// What the device has done.
+    pub(crate) counters: BlockCounters,
 }
 
 impl Engine {
     /// Handle every available chain of `queue`, then re-enable notifications, looping while
     /// the driver added more meanwhile (the virtio-queue crate's recommended sequence, which
     /// cannot lose a wakeup). Returns whether the driver wants an interrupt. `stop`, when set,
-    /// makes it return early (device reset).
+    /// makes it return early, at a request boundary (a pause, reset or stop waits); `abort`,
+    /// when set, makes a long request give up in the middle (reset, stop).
     pub(crate) fn process_queue(
         &self,
         mem: &GuestMemoryMmap,
         queue: &mut Queue,
         stop: Option<&AtomicBool>,
+        abort: Option<&AtomicBool>,
     ) -> Result<bool, QueueError> {
         let mut used_any = false;
         let mut pass = 0u32;
@@ -60,7 +64,7 @@ impl Engine {
                     break;
                 };
                 let head = chain.head_index();
-                let len = self.handle_chain(mem, chain);
+                let len = self.handle_chain(mem, chain, abort);
                 queue.add_used(mem, head, len)?;
                 used_any = true;
                 handled += 1;
@@ -84,13 +88,33 @@ impl Engine {
         &self,
         mem: &GuestMemoryMmap,
         chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
+        abort: Option<&AtomicBool>,
     ) -> u32 {
+        let count = |c: &std::sync::atomic::AtomicU64, n: u64| {
+            c.fetch_add(n, Ordering::Relaxed);
+        };
+        count(&self.counters.requests, 1);
         match parse_request(mem, chain, self.capacity) {
             Ok(req) => {
-                let (status, written) = self.execute(mem, &req);
+                let (status, written) = self.execute(mem, &req, abort);
+                if status != VIRTIO_BLK_S_OK as u8 {
+                    count(&self.counters.errors, 1);
+                } else {
+                    match req.kind {
+                        RequestKind::In { .. } => {
+                            count(&self.counters.read_bytes, u64::from(written))
+                        }
+                        RequestKind::Out { .. } => count(
+                            &self.counters.write_bytes,
+                            req.data.iter().map(|d| u64::from(d.len)).sum(),
+                        ),
+                        _ => {}
+                    }
+                }
                 complete(mem, req.status, status, written)
             }
             Err(failure) => {
+                count(&self.counters.errors, 1);
                 crate::warn_ratelimited!(
                     "virtio-blk {}: bad request: {}",
                     self.disk.path().display(),
@@ -106,7 +130,12 @@ impl Engine {
 
     /// Run a validated request. Returns the status byte and the number of data bytes written
     /// into guest buffers.
-    fn execute(&self, mem: &GuestMemoryMmap, req: &Request) -> (u8, u32) {
+    fn execute(
+        &self,
+        mem: &GuestMemoryMmap,
+        req: &Request,
+        abort: Option<&AtomicBool>,
+    ) -> (u8, u32) {
         let ok = VIRTIO_BLK_S_OK as u8;
         let ioerr = VIRTIO_BLK_S_IOERR as u8;
         let path = self.disk.path();
@@ -207,7 +236,7 @@ impl Engine {
                     return read_only_refusal();
                 }
                 let (offset, len) = (sector << SECTOR_SHIFT, u64::from(num_sectors) * SECTOR_SIZE);
-                match self.disk.write_zeroes(offset, len, unmap) {
+                match self.disk.write_zeroes(offset, len, unmap, abort) {
                     Ok(()) => (ok, 0),
                     Err(e) => {
                         io_failure("write zeroes", e);

@@ -9,7 +9,9 @@
 //!   only place guest-controlled values are checked, kept pure so it can be fuzzed;
 //! - `handler`: draining the queue and executing requests against the image;
 //! - `disk`: the image file itself (positional I/O straight into guest memory);
-//! - `worker`: the I/O thread, so a slow disk never blocks a vCPU.
+//! - the I/O runs on the device's [`Worker`](super::worker::Worker) thread (the shape all
+//!   virtio devices share), so a slow disk never blocks a vCPU; [`BlockHandler`] is what
+//!   that thread does.
 //!
 //! One request queue of up to 256 entries. Requests: read, write, flush, get-id, discard and
 //! write-zeroes; anything else completes with `VIRTIO_BLK_S_UNSUPP`.
@@ -17,13 +19,12 @@
 mod disk;
 mod handler;
 pub mod request;
-mod worker;
 
 #[cfg(test)]
 mod tests;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::{
@@ -37,8 +38,11 @@ pub use handler::QueueError;
 
 use self::disk::DiskImage;
 use self::handler::Engine;
-use self::worker::WorkerHandle;
-use super::{ActivateContext, ActivateError, GuestMemoryMmap, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::worker::{ActiveQueues, QueueHandler, Worker, WorkerContext};
+use super::{
+    ActivateContext, ActivateError, GuestMemoryMmap, VirtioDevice, VirtioInterrupt,
+    VIRTIO_F_VERSION_1,
+};
 
 /// The virtio device ID of a block device.
 pub const VIRTIO_ID_BLOCK: u32 = 2;
@@ -135,20 +139,104 @@ pub enum BlockError {
         /// The serial's length in bytes.
         len: usize,
     },
+    /// The worker thread could not be started.
+    #[error("cannot start the I/O thread for disk image {}: {source}", path.display())]
+    Worker {
+        /// The image.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// What a block device has done, counted by its worker and readable from any thread.
+#[derive(Debug, Default)]
+pub struct BlockCounters {
+    /// Requests completed (any type, any status).
+    pub requests: AtomicU64,
+    /// Bytes read from the image into guest memory.
+    pub read_bytes: AtomicU64,
+    /// Bytes written from guest memory to the image.
+    pub write_bytes: AtomicU64,
+    /// Requests that completed with an error status (`IOERR`, `UNSUPP`).
+    pub errors: AtomicU64,
+}
+
+impl BlockCounters {
+    /// The counters as (name, value) pairs.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            ("requests", get(&self.requests)),
+            ("read_bytes", get(&self.read_bytes)),
+            ("write_bytes", get(&self.write_bytes)),
+            ("errors", get(&self.errors)),
+        ]
+    }
 }
 
 /// A virtio block device backed by a raw image.
 pub struct Block {
     engine: Arc<Engine>,
-    name: String,
     features: u64,
     queue_sizes: [u16; 1],
     config: [u8; CONFIG_LEN],
-    worker: Option<WorkerHandle>,
+    worker: Worker,
+}
+
+/// What a block device's worker thread does: drain the request queue on every notification.
+pub struct BlockHandler {
+    engine: Arc<Engine>,
+    active: Option<(GuestMemoryMmap, Queue, Arc<VirtioInterrupt>)>,
+}
+
+impl QueueHandler for BlockHandler {
+    fn activate(&mut self, q: ActiveQueues, _ctx: &mut WorkerContext) {
+        let ActiveQueues {
+            mem,
+            acked_features,
+            queues,
+            interrupt,
+        } = q;
+        // `Block::activate` checked there is exactly one ready queue.
+        if let Some(mut queue) = queues.into_iter().next() {
+            queue.set_event_idx(acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
+            self.active = Some((mem, queue, interrupt));
+        }
+    }
+
+    fn queue_event(&mut self, _index: usize, ctx: &mut WorkerContext) {
+        let Some((mem, queue, interrupt)) = self.active.as_mut() else {
+            return;
+        };
+        let control = ctx.control();
+        match self.engine.process_queue(
+            mem,
+            queue,
+            Some(control.yield_flag()),
+            Some(control.abort_flag()),
+        ) {
+            Ok(true) => interrupt.signal_used_queue(),
+            Ok(false) => {}
+            Err(e) => {
+                crate::error_ratelimited!("{e}");
+                // Some chains may have been used before the failure; let the driver look.
+                interrupt.signal_used_queue();
+            }
+        }
+        if control.should_yield() {
+            // Stopped at a request boundary for a message: the rest comes after it.
+            ctx.renotify(0);
+        }
+    }
+
+    fn reset(&mut self, _ctx: &mut WorkerContext) {
+        self.active = None;
+    }
 }
 
 impl Block {
-    /// Open the image described by `config`.
+    /// Open the image described by `config` and start the device's (idle) worker thread.
     pub fn new(config: BlockConfig) -> Result<Block, BlockError> {
         let serial = config.serial.as_deref().unwrap_or("").as_bytes();
         let mut id = [0u8; VIRTIO_BLK_ID_BYTES as usize];
@@ -174,13 +262,27 @@ impl Block {
             features |= (1 << VIRTIO_BLK_F_DISCARD) | (1 << VIRTIO_BLK_F_WRITE_ZEROES);
         }
 
+        let engine = Arc::new(Engine {
+            disk,
+            capacity,
+            id,
+            counters: BlockCounters::default(),
+        });
+        let name = format!("virtio-blk{}", NEXT_ID.fetch_add(1, Ordering::Relaxed));
+        let handler = BlockHandler {
+            engine: engine.clone(),
+            active: None,
+        };
+        let worker = Worker::spawn(name, handler).map_err(|source| BlockError::Worker {
+            path: config.path.clone(),
+            source,
+        })?;
         Ok(Block {
-            engine: Arc::new(Engine { disk, capacity, id }),
-            name: format!("virtio-blk{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)),
+            engine,
             features,
             queue_sizes: [QUEUE_SIZE],
             config: config_space(capacity),
-            worker: None,
+            worker,
         })
     }
 
@@ -194,9 +296,9 @@ impl Block {
         self.engine.capacity
     }
 
-    /// Whether a worker thread is running (between activate and reset).
+    /// Whether the device is started (between a successful activate and a reset).
     pub fn is_active(&self) -> bool {
-        self.worker.is_some()
+        self.worker.is_active()
     }
 
     /// Handle every available request of `queue` on the calling thread, exactly as the worker
@@ -207,13 +309,7 @@ impl Block {
         mem: &GuestMemoryMmap,
         queue: &mut Queue,
     ) -> Result<bool, QueueError> {
-        self.engine.process_queue(mem, queue, None)
-    }
-
-    fn stop_worker(&mut self) {
-        if let Some(worker) = self.worker.take() {
-            worker.stop();
-        }
+        self.engine.process_queue(mem, queue, None, None)
     }
 }
 
@@ -253,14 +349,7 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = offset
-                .checked_add(i as u64)
-                .and_then(|o| usize::try_from(o).ok())
-                .and_then(|o| self.config.get(o))
-                .copied()
-                .unwrap_or(0);
-        }
+        super::worker::read_config_space(&self.config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -273,55 +362,19 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
-            return Err(ActivateError::BadConfig(
-                "virtio-blk is already active".to_string(),
-            ));
-        }
-        let ActivateContext {
-            mem,
-            acked_features,
-            queues,
-            queue_events,
-            interrupt,
-        } = ctx;
-        if queues.len() != 1 || queue_events.len() != 1 {
-            return Err(ActivateError::BadConfig(format!(
-                "virtio-blk needs 1 queue and 1 queue event, got {} and {}",
-                queues.len(),
-                queue_events.len()
-            )));
-        }
-        let (Some(mut queue), Some(queue_evt)) =
-            (queues.into_iter().next(), queue_events.into_iter().next())
-        else {
-            return Err(ActivateError::QueueNotReady(0));
-        };
-        if !queue.ready() {
-            return Err(ActivateError::QueueNotReady(0));
-        }
-        queue.set_event_idx(acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
-
-        let worker = WorkerHandle::spawn(
-            self.name.clone(),
-            self.engine.clone(),
-            mem,
-            queue,
-            queue_evt,
-            interrupt,
-        )
-        .map_err(ActivateError::Worker)?;
-        self.worker = Some(worker);
-        Ok(())
+        let (queues, events) = ctx.take_queues("virtio-blk", 1)?;
+        self.worker.activate(queues, events)
     }
 
     fn reset(&mut self) {
-        self.stop_worker();
+        self.worker.reset();
     }
-}
 
-impl Drop for Block {
-    fn drop(&mut self) {
-        self.stop_worker();
+    fn worker(&self) -> Option<Arc<super::worker::Control>> {
+        Some(self.worker.control())
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.engine.counters.snapshot()
     }
 }

@@ -3,7 +3,6 @@
 
 use std::io::Read;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +18,7 @@ use vmm_sys_util::tempfile::TempFile;
 
 use super::request::{parse_request, Buffer, ParseFailure, RequestError, RequestKind};
 use super::*;
+use crate::test_util::CountingInterrupt;
 use crate::virtio::{ActivateContext, VirtioInterrupt};
 use crate::Interrupt;
 
@@ -1038,24 +1038,19 @@ fn broken_rings_do_not_hang() {
 
 // ---- the worker thread ----
 
-struct CountingLine(AtomicUsize);
-
-impl Interrupt for CountingLine {
-    fn trigger(&self) -> std::io::Result<()> {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
+fn wait_for(what: &str, cond: impl FnMut() -> bool) {
+    assert!(
+        crate::test_util::wait_for(cond),
+        "timed out waiting for {what}"
+    );
 }
 
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-fn activate(blk: &mut Block, drv: &Driver, line: &Arc<CountingLine>, features: u64) -> EventFd {
+fn activate(
+    blk: &mut Block,
+    drv: &Driver,
+    line: &Arc<CountingInterrupt>,
+    features: u64,
+) -> EventFd {
     let evt = EventFd::new(0).unwrap();
     blk.activate(ActivateContext {
         mem: drv.mem.clone(),
@@ -1073,7 +1068,7 @@ fn worker_end_to_end() {
     let t = image(DISK_SECTORS);
     let mut blk = block(&t, false, None);
     let mut drv = Driver::new();
-    let line = Arc::new(CountingLine(AtomicUsize::new(0)));
+    let line = Arc::new(CountingInterrupt::default());
 
     // A write queued before activation is picked up without a notification.
     drv.mem
@@ -1085,7 +1080,7 @@ fn worker_end_to_end() {
     let evt = activate(&mut blk, &drv, &line, features);
     assert!(blk.is_active());
     wait_for("first completion", || drv.used_idx() == 1);
-    wait_for("interrupt", || line.0.load(Ordering::SeqCst) >= 1);
+    wait_for("interrupt", || line.count() >= 1);
     assert_eq!(drv.used(0), (0, 1));
     assert_eq!(drv.status(), OK);
     assert_eq!(&file_bytes(&t)[1024..2048], &[0x5a; 1024][..]);
@@ -1108,9 +1103,10 @@ fn worker_end_to_end() {
     wait_for("second completion", || drv.used_idx() == 2);
     assert_eq!(drv.used(1), (u32::from(head), 1025));
     assert_eq!(drv.bytes(DATA + 0x1000, 1024), vec![0x5a; 1024]);
-    wait_for("second interrupt", || line.0.load(Ordering::SeqCst) >= 2);
+    wait_for("second interrupt", || line.count() >= 2);
 
-    // Activating twice is refused; reset stops the worker and allows a fresh activation.
+    // Activating twice is refused; reset drops the worker's queue and allows a fresh
+    // activation.
     let again = blk.activate(ActivateContext {
         mem: drv.mem.clone(),
         acked_features: 0,
@@ -1140,12 +1136,128 @@ fn worker_end_to_end() {
     drop(blk);
 }
 
+/// A device whose worker is busy with a 1 GiB write-zeroes that the file system cannot do
+/// in one call: the image lives in `/dev/shm` (tmpfs, which has no `FALLOC_FL_ZERO_RANGE`),
+/// so the worker writes zeroes 64 KiB at a time. Returns the image, the device, the driver
+/// and the time the request was seen running.
+fn busy_with_write_zeroes() -> (TempFile, Block, Driver) {
+    let t = TempFile::new_in(std::path::Path::new("/dev/shm")).unwrap();
+    let sectors = u64::from(MAX_WRITE_ZEROES_SECTORS);
+    t.as_file().set_len(sectors * SECTOR_SIZE).unwrap();
+    let zero_range = vmm_sys_util::fallocate::fallocate(
+        t.as_file(),
+        vmm_sys_util::fallocate::FallocateMode::ZeroRange,
+        true,
+        0,
+        4096,
+    );
+    assert!(
+        zero_range.is_err(),
+        "/dev/shm zeroes ranges itself: this test needs a file system that cannot"
+    );
+    let mut blk = block(&t, false, None);
+    let mut drv = Driver::new();
+    let line = Arc::new(CountingInterrupt::default());
+    let evt = activate(&mut blk, &drv, &line, 0);
+    drv.header(HDR, VIRTIO_BLK_T_WRITE_ZEROES, 0);
+    drv.segment(DATA, 0, MAX_WRITE_ZEROES_SECTORS, 0);
+    drv.add(&[hdr(), (DATA, 16, false), status()]);
+    evt.write(1).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    wait_for("the write-zeroes to start", || {
+        t.as_file().metadata().unwrap().blocks() > 0
+    });
+    (t, blk, drv)
+}
+
+/// Bytes of `t` actually written (allocated), in MiB.
+fn allocated_mib(t: &TempFile) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    (t.as_file().metadata().unwrap().blocks() * 512) >> 20
+}
+
+/// A reset during a long write-zeroes returns at once (it runs on the vCPU thread that
+/// wrote `Status`), the request gives up between two chunks, and the device takes a fresh
+/// activation and serves it at once.
+#[test]
+fn reset_during_a_long_write_zeroes_does_not_wait_for_it() {
+    let (t, mut blk, _drv) = busy_with_write_zeroes();
+    let start = Instant::now();
+    blk.reset();
+    let waited = start.elapsed();
+    assert!(
+        waited < Duration::from_millis(50),
+        "reset waited {waited:?}"
+    );
+    assert!(!blk.is_active());
+
+    let mut drv = Driver::new();
+    let line = Arc::new(CountingInterrupt::default());
+    let evt = activate(&mut blk, &drv, &line, 0);
+    drv.header(HDR, VIRTIO_BLK_T_FLUSH, 0);
+    drv.add(&[hdr(), status()]);
+    evt.write(1).unwrap();
+    wait_for("a request after the reset", || drv.used_idx() == 1);
+    let written = allocated_mib(&t);
+    assert!(
+        written < 1024,
+        "the write-zeroes ran to its end ({written} MiB) instead of giving up"
+    );
+}
+
+/// Dropping a device (the VM ends) during a long write-zeroes stops its worker promptly.
+#[test]
+fn stop_while_a_request_runs() {
+    let (t, blk, _drv) = busy_with_write_zeroes();
+    let start = Instant::now();
+    drop(blk);
+    let waited = start.elapsed();
+    assert!(waited < Duration::from_secs(2), "stopping took {waited:?}");
+    let written = allocated_mib(&t);
+    assert!(
+        written < 1024,
+        "the write-zeroes ran to its end ({written} MiB)"
+    );
+}
+
+/// Pause waits for the request in progress (a request boundary), then the worker serves
+/// nothing until resume.
+#[test]
+fn pause_parks_the_worker_at_a_request_boundary() {
+    let t = image(DISK_SECTORS);
+    let mut blk = block(&t, false, None);
+    let mut drv = Driver::new();
+    let line = Arc::new(CountingInterrupt::default());
+    let evt = activate(&mut blk, &drv, &line, 0);
+    let control = blk.worker().unwrap();
+    assert!(
+        control.pause(Duration::from_secs(5)).unwrap(),
+        "did not park"
+    );
+    drv.header(HDR, VIRTIO_BLK_T_FLUSH, 0);
+    drv.add(&[hdr(), status()]);
+    evt.write(1).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(drv.used_idx(), 0, "a paused worker served a request");
+    control.resume().unwrap();
+    wait_for("the request after resume", || drv.used_idx() == 1);
+    // Pausing twice, resuming twice: harmless.
+    assert!(control.pause(Duration::from_secs(5)).unwrap());
+    assert!(control.pause(Duration::from_secs(5)).unwrap());
+    control.resume().unwrap();
+    control.resume().unwrap();
+    drv.header(HDR, VIRTIO_BLK_T_FLUSH, 0);
+    drv.add(&[hdr(), status()]);
+    evt.write(1).unwrap();
+    wait_for("a request after pausing twice", || drv.used_idx() == 2);
+}
+
 #[test]
 fn activate_checks_its_context() {
     let t = image(DISK_SECTORS);
     let mut blk = block(&t, false, None);
     let drv = Driver::new();
-    let line: Arc<dyn Interrupt> = Arc::new(CountingLine(AtomicUsize::new(0)));
+    let line: Arc<dyn Interrupt> = Arc::new(CountingInterrupt::default());
     let ctx = |queues: Vec<Queue>, n_evts: usize| ActivateContext {
         mem: drv.mem.clone(),
         acked_features: 0,

@@ -30,18 +30,16 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
     VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_UFO,
     VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
-use virtio_queue::QueueT;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use self::tap::offload::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_UFO};
 use self::tap::{Tap, TapError};
+use super::worker::Worker;
 use super::{ActivateContext, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1};
 
 /// The virtio device ID of a network card.
@@ -122,6 +120,9 @@ pub enum NetError {
     /// The TAP could not be configured.
     #[error("cannot configure the tap: {0}")]
     Tap(#[from] TapError),
+    /// The worker thread could not be started.
+    #[error("cannot start the device's thread: {0}")]
+    Worker(#[source] io::Error),
 }
 
 /// Traffic counters of one net device, updated by its worker thread and readable from
@@ -177,12 +178,6 @@ impl NetStats {
     }
 }
 
-/// A running worker thread and the eventfd that stops it.
-struct WorkerHandle {
-    stop: EventFd,
-    thread: JoinHandle<()>,
-}
-
 /// A virtio-net device.
 pub struct Net {
     id: usize,
@@ -193,7 +188,7 @@ pub struct Net {
     avail_features: u64,
     queue_sizes: [u16; 2],
     stats: Arc<NetStats>,
-    worker: Option<WorkerHandle>,
+    worker: Worker,
 }
 
 /// The `TUN_F_*` offloads `backend` accepts, found by trying the richest set first (the
@@ -293,6 +288,14 @@ impl Net {
             backend.name(),
             format_mac(&mac)
         );
+        let stats = Arc::new(NetStats::default());
+        let handler = worker::NetHandler {
+            backend: backend.clone(),
+            stats: stats.clone(),
+            active: None,
+            registered: false,
+        };
+        let worker = Worker::spawn(format!("virtio-net{id}"), handler).map_err(NetError::Worker)?;
         Ok(Net {
             id,
             backend,
@@ -300,8 +303,8 @@ impl Net {
             supported_offloads,
             avail_features: features_for_offloads(supported_offloads),
             queue_sizes: [QUEUE_MAX_SIZE; 2],
-            stats: Arc::new(NetStats::default()),
-            worker: None,
+            stats,
+            worker,
         })
     }
 
@@ -328,19 +331,6 @@ impl Net {
         cfg[8..10].copy_from_slice(&1u16.to_le_bytes());
         cfg
     }
-
-    fn stop_worker(&mut self) {
-        if let Some(worker) = self.worker.take() {
-            if let Err(e) = worker.stop.write(1) {
-                // Without the stop signal the thread would never end; joining would hang.
-                log::error!("virtio-net{}: cannot stop the worker: {e}", self.id);
-                return;
-            }
-            if worker.thread.join().is_err() {
-                log::error!("virtio-net{}: the worker thread panicked", self.id);
-            }
-        }
-    }
 }
 
 impl VirtioDevice for Net {
@@ -357,14 +347,7 @@ impl VirtioDevice for Net {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let cfg = self.config_space();
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = offset
-                .checked_add(i as u64)
-                .and_then(|o| usize::try_from(o).ok())
-                .and_then(|o| cfg.get(o).copied())
-                .unwrap_or(0);
-        }
+        super::worker::read_config_space(&self.config_space(), offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -378,18 +361,8 @@ impl VirtioDevice for Net {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        self.stop_worker();
-        if ctx.queues.len() != 2 || ctx.queue_events.len() != 2 {
-            return Err(ActivateError::BadConfig(format!(
-                "virtio-net needs 2 queues and 2 queue events, got {} and {}",
-                ctx.queues.len(),
-                ctx.queue_events.len()
-            )));
-        }
-        if let Some(i) = ctx.queues.iter().position(|q| !q.ready()) {
-            return Err(ActivateError::QueueNotReady(i));
-        }
         let acked = ctx.acked_features & self.avail_features;
+        let (mut queues, events) = ctx.take_queues("virtio-net", 2)?;
 
         let offloads = offloads_for_features(acked, self.supported_offloads);
         if let Err(e) = self.backend.set_offload(offloads) {
@@ -401,36 +374,34 @@ impl VirtioDevice for Net {
                 self.backend.name()
             );
         }
-
-        let stop = EventFd::new(EFD_NONBLOCK).map_err(ActivateError::Worker)?;
-        let worker = worker::Worker::new(
-            ctx,
-            acked,
-            Arc::clone(&self.backend),
-            Arc::clone(&self.stats),
-            stop.try_clone().map_err(ActivateError::Worker)?,
-        )
-        .map_err(ActivateError::Worker)?;
-        let thread = std::thread::Builder::new()
-            .name(format!("virtio-net{}", self.id))
-            .spawn(move || worker.run())
-            .map_err(ActivateError::Worker)?;
-        self.worker = Some(WorkerHandle { stop, thread });
+        queues.acked_features = acked;
+        self.worker.activate(queues, events)?;
         log::debug!("virtio-net{}: activated, features {acked:#x}", self.id);
         Ok(())
     }
 
     fn reset(&mut self) {
-        self.stop_worker();
+        self.worker.reset();
         if let Err(e) = self.backend.set_offload(0) {
             log::warn!("virtio-net{}: cannot clear offloads: {e}", self.id);
         }
     }
-}
 
-impl Drop for Net {
-    fn drop(&mut self) {
-        self.stop_worker();
+    fn worker(&self) -> Option<Arc<super::worker::Control>> {
+        Some(self.worker.control())
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let s = self.stats.snapshot();
+        vec![
+            ("rx_frames", s.rx_frames),
+            ("rx_bytes", s.rx_bytes),
+            ("rx_dropped", s.rx_dropped),
+            ("tx_frames", s.tx_frames),
+            ("tx_bytes", s.tx_bytes),
+            ("tx_dropped", s.tx_dropped),
+            ("malformed_chains", s.malformed_chains),
+        ]
     }
 }
 

@@ -106,8 +106,9 @@ pub struct Tap {
     if_name: String,
 }
 
-/// Check an interface name the way the kernel's `dev_valid_name` does.
-fn validate_name(name: &str) -> Result<(), TapError> {
+/// Check an interface name the way the kernel's `dev_valid_name` does: 1 to 15 bytes,
+/// not `.` or `..`, no `/`, `:`, whitespace or NUL.
+pub fn validate_name(name: &str) -> Result<(), TapError> {
     if name.len() > MAX_IFNAME_LEN {
         return Err(TapError::NameTooLong {
             name: name.to_string(),
@@ -125,8 +126,9 @@ fn validate_name(name: &str) -> Result<(), TapError> {
     Ok(())
 }
 
-/// An `ifreq` with `name` copied into `ifr_name` (the caller validated the length).
-fn ifreq_with_name(name: &str) -> libc::ifreq {
+/// An `ifreq` with `name` copied into `ifr_name` (the caller validated the length with
+/// [`validate_name`], so a NUL always follows within the `IFNAMSIZ` bytes).
+pub fn ifreq_with_name(name: &str) -> libc::ifreq {
     // SAFETY: `ifreq` is plain old data (a name array and a union of integers and
     // pointers); all-zero bytes is a valid value for it.
     let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };

@@ -4,105 +4,28 @@
 
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use virtio_bindings::virtio_net::*;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::tap::offload::*;
 use super::worker::Worker;
 use super::*;
+use crate::test_util::{wait_for, CountingInterrupt, DriverQueue};
 use crate::virtio::{ActivateContext, GuestMemoryMmap, VirtioInterrupt};
-use crate::Interrupt;
 
 const MEM_SIZE: usize = 0x10_0000;
 const RX_RING: u64 = 0x0;
 const TX_RING: u64 = 0x4000;
 const QSIZE: u16 = 256;
 const VRING_DESC_F_NEXT: u16 = 1;
-const VRING_DESC_F_WRITE: u16 = 2;
 
 fn bit(b: u32) -> u64 {
     1u64 << b
-}
-
-/// The driver's side of a split virtqueue, written straight into guest memory.
-#[derive(Clone, Copy)]
-struct DriverQueue {
-    desc: u64,
-    avail: u64,
-    used: u64,
-    next_desc: u16,
-    avail_idx: u16,
-}
-
-impl DriverQueue {
-    fn new(base: u64) -> Self {
-        let avail = base + 16 * u64::from(QSIZE);
-        let used = (avail + 6 + 2 * u64::from(QSIZE) + 3) & !3;
-        DriverQueue {
-            desc: base,
-            avail,
-            used,
-            next_desc: 0,
-            avail_idx: 0,
-        }
-    }
-
-    /// The device's view, as the transport would hand it over.
-    fn queue(&self) -> Queue {
-        let mut q = Queue::new(QSIZE).unwrap();
-        q.set_size(QSIZE);
-        q.try_set_desc_table_address(GuestAddress(self.desc))
-            .unwrap();
-        q.try_set_avail_ring_address(GuestAddress(self.avail))
-            .unwrap();
-        q.try_set_used_ring_address(GuestAddress(self.used))
-            .unwrap();
-        q.set_ready(true);
-        q
-    }
-
-    /// Publish a chain of (address, length, device-writable) buffers; returns its head.
-    fn add_chain(&mut self, mem: &GuestMemoryMmap, bufs: &[(u64, u32, bool)]) -> u16 {
-        let head = self.next_desc;
-        for (i, &(addr, len, writable)) in bufs.iter().enumerate() {
-            let idx = self.next_desc;
-            let next = (idx + 1) % QSIZE;
-            let mut flags = if writable { VRING_DESC_F_WRITE } else { 0 };
-            if i + 1 < bufs.len() {
-                flags |= VRING_DESC_F_NEXT;
-            }
-            let at = self.desc + 16 * u64::from(idx);
-            mem.write_obj(addr.to_le(), GuestAddress(at)).unwrap();
-            mem.write_obj(len.to_le(), GuestAddress(at + 8)).unwrap();
-            mem.write_obj(flags.to_le(), GuestAddress(at + 12)).unwrap();
-            mem.write_obj(next.to_le(), GuestAddress(at + 14)).unwrap();
-            self.next_desc = next;
-        }
-        let slot = self.avail + 4 + 2 * u64::from(self.avail_idx % QSIZE);
-        mem.write_obj(head.to_le(), GuestAddress(slot)).unwrap();
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        mem.write_obj(self.avail_idx.to_le(), GuestAddress(self.avail + 2))
-            .unwrap();
-        head
-    }
-
-    fn used_idx(&self, mem: &GuestMemoryMmap) -> u16 {
-        u16::from_le(mem.read_obj(GuestAddress(self.used + 2)).unwrap())
-    }
-
-    /// (head, length) of used entry `i`.
-    fn used_elem(&self, mem: &GuestMemoryMmap, i: u16) -> (u32, u32) {
-        let at = self.used + 4 + 8 * u64::from(i % QSIZE);
-        let id: u32 = mem.read_obj(GuestAddress(at)).unwrap();
-        let len: u32 = mem.read_obj(GuestAddress(at + 4)).unwrap();
-        (u32::from_le(id), u32::from_le(len))
-    }
 }
 
 /// A [`NetBackend`] on one end of a datagram socket pair; the test holds the other end
@@ -166,16 +89,6 @@ fn backend_pair(accepted_offloads: u32) -> (Arc<SocketBackend>, UnixDatagram) {
     )
 }
 
-#[derive(Default)]
-struct CountingInterrupt(AtomicUsize);
-
-impl Interrupt for CountingInterrupt {
-    fn trigger(&self) -> io::Result<()> {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-}
-
 /// Guest memory, the two driver queues, and what `activate` receives.
 struct Guest {
     mem: GuestMemoryMmap,
@@ -188,8 +101,8 @@ impl Guest {
     fn new() -> Guest {
         Guest {
             mem: GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap(),
-            rxq: DriverQueue::new(RX_RING),
-            txq: DriverQueue::new(TX_RING),
+            rxq: DriverQueue::new(RX_RING, QSIZE),
+            txq: DriverQueue::new(TX_RING, QSIZE),
             irq: Arc::new(CountingInterrupt::default()),
         }
     }
@@ -211,8 +124,7 @@ impl Guest {
     fn worker(&self, acked: u64, backend: Arc<SocketBackend>) -> (Worker, Arc<NetStats>) {
         let stats = Arc::new(NetStats::default());
         let (ctx, _, _) = self.activate_ctx(acked);
-        let stop = EventFd::new(EFD_NONBLOCK).unwrap();
-        let w = Worker::new(ctx, acked, backend, stats.clone(), stop).unwrap();
+        let w = Worker::new(ctx.split().0, backend, stats.clone()).unwrap();
         (w, stats)
     }
 
@@ -223,7 +135,7 @@ impl Guest {
     }
 
     fn irqs(&self) -> usize {
-        self.irq.0.load(Ordering::SeqCst)
+        self.irq.count()
     }
 }
 
@@ -715,18 +627,6 @@ fn tx_backend_errors_are_counted() {
     assert_eq!((s.tx_frames, s.tx_dropped, s.malformed_chains), (0, 1, 0));
 }
 
-/// Wait until `cond` holds, for at most 5 s.
-fn wait_for(mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    cond()
-}
-
 /// Names of this process's threads.
 fn thread_names() -> Vec<String> {
     std::fs::read_dir("/proc/self/task")
@@ -745,8 +645,10 @@ fn worker_thread_end_to_end() {
     let stats = net.stats();
     let acked = BASE_FEATURES | bit(VIRTIO_NET_F_MRG_RXBUF);
     let (ctx, rx_evt, tx_evt) = g.activate_ctx(acked);
-    net.activate(ctx).unwrap();
+    // The thread exists from the device's creation (the VMM builds devices; a vCPU thread
+    // that writes DRIVER_OK never spawns one). The thread names itself as it starts.
     assert!(wait_for(|| thread_names().contains(&thread_name)));
+    net.activate(ctx).unwrap();
 
     // A frame arrives before the guest has buffers: it waits.
     let f = frame(500, 1);
@@ -783,15 +685,24 @@ fn worker_thread_end_to_end() {
     let s = stats.snapshot();
     assert_eq!((s.rx_frames, s.tx_frames), (2, 1));
 
-    // Reset joins the worker.
+    // Reset only tells the worker to drop its queues: the thread stays (a vCPU thread that
+    // resets a device never waits for, or joins, a worker).
     net.reset();
-    assert!(!thread_names().contains(&thread_name));
+    assert!(thread_names().contains(&thread_name));
+    // Frames sent now are not delivered: the worker has no queues.
+    peer.send(&frame(30, 4)).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(stats.snapshot().rx_frames, 2);
 
     // And the device can be activated again (fresh rings, as after a driver reset).
     let g2 = Guest::new();
-    let (ctx, _rx_evt2, _tx_evt2) = g2.activate_ctx(acked);
+    let (ctx, rx_evt2, _tx_evt2) = g2.activate_ctx(acked);
     net.activate(ctx).unwrap();
-    assert!(wait_for(|| thread_names().contains(&thread_name)));
+    let mut rxq2 = g2.rxq;
+    rxq2.add_chain(&g2.mem, &[(0x10000, 4096, true)]);
+    rx_evt2.write(1).unwrap();
+    assert!(wait_for(|| rxq2.used_idx(&g2.mem) == 1));
+    // Dropping the device stops and joins its thread.
     drop(net);
     assert!(!thread_names().contains(&thread_name));
 }

@@ -1,8 +1,8 @@
-//! The virtio-net worker thread: the event loop that moves frames between the queues and
-//! the backend.
+//! What the virtio-net worker thread does: move frames between the queues and the backend.
 //!
-//! The thread waits (level-triggered epoll) on four fds: the stop eventfd, the RX and TX
-//! queue eventfds (the driver's notifications) and the backend fd (a frame is queued).
+//! The thread is the device's [`Worker`](crate::virtio::worker::Worker); it wakes on the RX
+//! and TX queue eventfds (the driver's notifications) and on the backend fd (a frame is
+//! queued), which [`NetHandler`] adds to its epoll set while it wants frames.
 //!
 //! RX flow control, without busy polling and without buffering in minivmm: a frame is read
 //! from the backend only to be delivered at once. If the guest has no RX buffer for it, the
@@ -16,7 +16,6 @@
 
 use std::io;
 use std::ops::Range;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use virtio_bindings::virtio_net::{
@@ -25,20 +24,16 @@ use virtio_bindings::virtio_net::{
 };
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::EventFd;
 
 use super::{
     NetBackend, NetStats, MAX_RX_LEN_NO_OFFLOAD, MAX_RX_LEN_OFFLOAD, MAX_TX_LEN, NET_HDR_LEN,
     NUM_BUFFERS_OFFSET, RX_QUEUE, TX_QUEUE,
 };
-use crate::virtio::{ActivateContext, GuestMemoryMmap, VirtioInterrupt};
+use crate::virtio::worker::{ActiveQueues, QueueHandler, WorkerContext};
+use crate::virtio::{GuestMemoryMmap, VirtioInterrupt};
 
-/// epoll tokens.
-const TOKEN_STOP: u64 = 0;
-const TOKEN_RX_QUEUE: u64 = 1;
-const TOKEN_TX_QUEUE: u64 = 2;
-const TOKEN_BACKEND: u64 = 3;
+/// The handler's token for the backend fd.
+const TOKEN_BACKEND: u32 = 0;
 
 /// Frames moved per wake-up before the loop looks at its other fds again (fairness between
 /// RX, TX and the stop request when the guest or the host floods).
@@ -85,14 +80,84 @@ pub(super) enum RxOutcome {
     NoBuffers,
 }
 
-/// Everything the worker thread owns.
+/// What the worker thread runs for a net device: the queues while the device is active.
+pub(super) struct NetHandler {
+    pub(super) backend: Arc<dyn NetBackend>,
+    pub(super) stats: Arc<NetStats>,
+    pub(super) active: Option<Worker>,
+    /// Whether the backend fd is in the worker's epoll set.
+    pub(super) registered: bool,
+}
+
+impl NetHandler {
+    /// Bring the epoll set in line with what the queues want (the backend fd is watched
+    /// only while no frame is held).
+    fn sync_backend(&mut self, ctx: &mut WorkerContext) {
+        let want = self.active.as_ref().is_some_and(|w| w.backend_polled);
+        if want == self.registered {
+            return;
+        }
+        let fd = self.backend.poll_fd();
+        let r = if want {
+            ctx.add_fd(fd, TOKEN_BACKEND)
+        } else {
+            ctx.remove_fd(fd)
+        };
+        match r {
+            Ok(()) => self.registered = want,
+            Err(e) => log::error!(
+                "virtio-net: {}: cannot {} the backend fd in epoll: {e}",
+                self.backend.name(),
+                if want { "add" } else { "remove" }
+            ),
+        }
+    }
+}
+
+impl QueueHandler for NetHandler {
+    fn activate(&mut self, q: ActiveQueues, ctx: &mut WorkerContext) {
+        match Worker::new(q, self.backend.clone(), self.stats.clone()) {
+            Ok(w) => self.active = Some(w),
+            Err(e) => log::error!("virtio-net: {}: {e}", self.backend.name()),
+        }
+        self.sync_backend(ctx);
+    }
+
+    fn queue_event(&mut self, index: usize, ctx: &mut WorkerContext) {
+        let Some(w) = self.active.as_mut() else {
+            return;
+        };
+        if index == RX_QUEUE {
+            w.handle_rx();
+        } else if index == TX_QUEUE {
+            w.handle_tx();
+            if std::mem::take(&mut w.tx_more) {
+                // A full batch: come back after the other events.
+                ctx.renotify(TX_QUEUE);
+            }
+        }
+        self.sync_backend(ctx);
+    }
+
+    fn fd_event(&mut self, _token: u32, ctx: &mut WorkerContext) {
+        if let Some(w) = self.active.as_mut() {
+            w.handle_rx();
+        }
+        self.sync_backend(ctx);
+    }
+
+    fn reset(&mut self, ctx: &mut WorkerContext) {
+        // A frame held for want of RX buffers dies with the queues (Worker's Drop counts it).
+        self.active = None;
+        self.sync_backend(ctx);
+    }
+}
+
+/// The queues of an active net device, and the frame state between wake-ups.
 pub(super) struct Worker {
     pub(super) mem: GuestMemoryMmap,
     pub(super) rx: Queue,
     pub(super) tx: Queue,
-    rx_evt: EventFd,
-    tx_evt: EventFd,
-    stop: EventFd,
     interrupt: Arc<VirtioInterrupt>,
     backend: Arc<dyn NetBackend>,
     stats: Arc<NetStats>,
@@ -110,49 +175,40 @@ pub(super) struct Worker {
     rx_descs: Vec<(GuestAddress, usize)>,
     rx_capacity: usize,
     tx_buf: Vec<u8>,
-    epoll: Epoll,
-    /// Whether the backend fd is in the epoll set.
+    /// Whether the backend fd should be watched (no frame held).
     pub(super) backend_polled: bool,
+    /// TX stopped after a full batch with more chains possibly queued.
+    pub(super) tx_more: bool,
 }
 
 impl Worker {
-    /// Take what `activate` got. Fails only if epoll cannot be set up.
+    /// Take the queues the driver set up.
     pub(super) fn new(
-        ctx: ActivateContext,
-        acked: u64,
+        q: ActiveQueues,
         backend: Arc<dyn NetBackend>,
         stats: Arc<NetStats>,
-        stop: EventFd,
     ) -> io::Result<Worker> {
-        let ActivateContext {
+        let ActiveQueues {
             mem,
+            acked_features: acked,
             queues,
-            queue_events,
             interrupt,
-            ..
-        } = ctx;
+        } = q;
         let mut queues = queues.into_iter();
-        let mut events = queue_events.into_iter();
         let missing = |what: &str| io::Error::other(format!("virtio-net: missing {what}"));
-        // The caller checked there are exactly two of each; RX_QUEUE is 0 and TX_QUEUE 1.
+        // `Net::activate` checked there are exactly two; RX_QUEUE is 0 and TX_QUEUE 1.
         debug_assert_eq!((RX_QUEUE, TX_QUEUE), (0, 1));
         let rx = queues.next().ok_or_else(|| missing("RX queue"))?;
         let tx = queues.next().ok_or_else(|| missing("TX queue"))?;
-        let rx_evt = events.next().ok_or_else(|| missing("RX queue event"))?;
-        let tx_evt = events.next().ok_or_else(|| missing("TX queue event"))?;
 
         let has = |bit: u32| acked & (1u64 << bit) != 0;
         let offloads = has(VIRTIO_NET_F_GUEST_TSO4)
             || has(VIRTIO_NET_F_GUEST_TSO6)
             || has(VIRTIO_NET_F_GUEST_UFO);
-        let epoll = Epoll::new()?;
-        let worker = Worker {
+        Ok(Worker {
             mem,
             rx,
             tx,
-            rx_evt,
-            tx_evt,
-            stop,
             interrupt,
             backend,
             stats,
@@ -169,79 +225,15 @@ impl Worker {
             rx_descs: Vec::new(),
             rx_capacity: 0,
             tx_buf: vec![0; MAX_TX_LEN],
-            epoll,
+            // The first RX pass (right after activation) decides.
             backend_polled: false,
-        };
-        for (fd, token) in [
-            (worker.stop.as_raw_fd(), TOKEN_STOP),
-            (worker.rx_evt.as_raw_fd(), TOKEN_RX_QUEUE),
-            (worker.tx_evt.as_raw_fd(), TOKEN_TX_QUEUE),
-        ] {
-            worker.epoll.ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(EventSet::IN, token),
-            )?;
-        }
-        Ok(worker)
+            tx_more: false,
+        })
     }
 
-    /// The event loop; returns when the stop eventfd is signalled (or epoll fails).
-    pub(super) fn run(mut self) {
-        // Work the driver queued before the thread started (its notifications are still
-        // counted in the eventfds, but this is cheap and makes the start state obvious).
-        self.handle_tx();
-        self.handle_rx();
-        let mut events = [EpollEvent::default(); 4];
-        loop {
-            let n = match self.epoll.wait(-1, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    log::error!("virtio-net: epoll_wait failed, worker exits: {e}");
-                    return;
-                }
-            };
-            let ready = events.get(..n).unwrap_or(&[]);
-            if ready.iter().any(|e| e.data() == TOKEN_STOP) {
-                return;
-            }
-            for event in ready {
-                match event.data() {
-                    TOKEN_RX_QUEUE => {
-                        // Non-blocking; an error only means the counter was already 0.
-                        let _ = self.rx_evt.read();
-                        self.handle_rx();
-                    }
-                    TOKEN_TX_QUEUE => {
-                        let _ = self.tx_evt.read();
-                        self.handle_tx();
-                    }
-                    TOKEN_BACKEND => self.handle_rx(),
-                    _ => {}
-                }
-            }
-        }
-    }
-
-    /// Add or remove the backend fd from the epoll set.
+    /// Add or remove the backend fd from the epoll set (applied by [`NetHandler`]).
     fn set_backend_polled(&mut self, polled: bool) {
-        if polled == self.backend_polled {
-            return;
-        }
-        let (op, what) = if polled {
-            (ControlOperation::Add, "add")
-        } else {
-            (ControlOperation::Delete, "remove")
-        };
-        let fd = self.backend.poll_fd();
-        match self
-            .epoll
-            .ctl(op, fd, EpollEvent::new(EventSet::IN, TOKEN_BACKEND))
-        {
-            Ok(()) => self.backend_polled = polled,
-            Err(e) => log::error!("virtio-net: cannot {what} the backend fd in epoll: {e}"),
-        }
+        self.backend_polled = polled;
     }
 
     /// RX, then tell the guest if it got buffers back.
@@ -453,10 +445,8 @@ impl Worker {
             used = true;
         }
         // The batch is full and the guest may have queued more: come back after looking
-        // at the other fds, by re-raising our own TX notification.
-        if let Err(e) = self.tx_evt.write(1) {
-            log::error!("virtio-net: cannot re-arm TX processing: {e}");
-        }
+        // at the other fds (the handler re-raises our own TX notification).
+        self.tx_more = true;
         used
     }
 

@@ -1,0 +1,190 @@
+//! The [`vmm::Vm`] handle on real KVM, in this process, with a hand-assembled guest (no
+//! Linux, so each VM lives for a second or two): the state machine (start, pause twice,
+//! resume while running, power button, stop while paused, commands after the end), events,
+//! counters, and that a paused guest really runs no instruction.
+//!
+//! The guest prints a digit on COM1 after every busy-wait of `DELAY` iterations, forever
+//! (or, in the resetting variant, `n` times and then resets through the i8042).
+
+use std::time::{Duration, Instant};
+
+use minivmm_tests::speed::factor;
+use minivmm_tests::{Capture, CpuSlots, TempDir};
+use vmm::{Error, Vm, VmBuilder, VmConfig, VmEvent, VmOutcome, VmState};
+
+/// Busy-wait iterations between two characters: ~0.1-0.3 s on a PVM host (CPL 0 code is
+/// emulated), well under a millisecond on VT-x.
+const DELAY: u32 = 150_000;
+
+/// The guest's code (64-bit, at 1 MiB): print '0'..'7' in turn on COM1, forever, or `stop_after`
+/// times and then reset.
+fn guest_code(stop_after: Option<u8>) -> Vec<u8> {
+    let d = DELAY.to_le_bytes();
+    #[rustfmt::skip]
+    let mut code = vec![
+        0x31, 0xdb,                         // 0: xor ebx, ebx
+        0xb9, d[0], d[1], d[2], d[3],       // 2: next: mov ecx, DELAY
+        0xff, 0xc9,                         // 7: d: dec ecx
+        0x75, 0xfc,                         // 9: jnz d
+        0x89, 0xd8,                         // 11: mov eax, ebx
+        0x83, 0xe0, 0x07,                   // 13: and eax, 7
+        0x04, b'0',                         // 16: add al, '0'
+        0x66, 0xba, 0xf8, 0x03,             // 18: mov dx, 0x3f8
+        0xee,                               // 22: out dx, al
+        0xff, 0xc3,                         // 23: inc ebx
+    ];
+    match stop_after {
+        None => code.extend_from_slice(&[0xeb, 0xe7]), // 25: jmp next (2 - 27)
+        Some(n) => code.extend_from_slice(&[
+            0x83, 0xfb, n, // 25: cmp ebx, n
+            0x75, 0xe4, //    28: jne next (2 - 30)
+            0xb0, 0xfe, //    30: mov al, 0xfe
+            0xe6, 0x64, //    32: out 0x64, al (i8042: reset)
+            0xf4, //          34: hlt
+        ]),
+    }
+    code
+}
+
+/// A VM of the tiny guest (not started), its console, and the scratch dir with the kernel.
+fn tiny_vm(stop_after: Option<u8>, acpi: bool) -> (Vm, Capture, TempDir) {
+    let dir = TempDir::new("minivmm-handle");
+    let kernel = dir.join("tiny.elf");
+    std::fs::write(
+        &kernel,
+        boot::loader::elf_image(0x10_0000, &guest_code(stop_after), 0x1000),
+    )
+    .unwrap();
+    let mut cfg = VmConfig::new(kernel);
+    cfg.memory = 32 << 20;
+    cfg.acpi = acpi;
+    let out = Capture::default();
+    let vm = VmBuilder::new(cfg)
+        .unwrap()
+        .console_output(Box::new(out.clone()))
+        .build()
+        .unwrap();
+    (vm, out, dir)
+}
+
+/// Wait (scaled to this host's speed) until `cond`.
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20).mul_f64(factor());
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn not_running(r: Result<(), Error>) -> bool {
+    matches!(r, Err(Error::NotRunning(..)))
+}
+
+#[test]
+fn pause_stops_the_guest_and_resume_lets_it_go_on() {
+    let _slot = CpuSlots::take(1);
+    let (vm, out, _dir) = tiny_vm(None, true);
+    let events = vm.subscribe();
+    assert_eq!(vm.state(), VmState::Created);
+    assert!(not_running(vm.pause()), "pause before start");
+    assert!(vm.info().uptime.is_none());
+
+    vm.start().unwrap();
+    assert_eq!(vm.state(), VmState::Running);
+    assert!(vm.start().is_err(), "started twice");
+    wait_until("the guest's first characters", || out.len() >= 3);
+
+    vm.pause().unwrap();
+    assert_eq!(vm.state(), VmState::Paused);
+    vm.pause().unwrap(); // twice: nothing changes
+    assert_eq!(vm.state(), VmState::Paused);
+    let frozen = out.len();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(out.len(), frozen, "a paused guest printed");
+
+    vm.resume().unwrap();
+    assert_eq!(vm.state(), VmState::Running);
+    vm.resume().unwrap(); // resume while running: nothing changes
+    wait_until("output after resume", || out.len() > frozen + 2);
+
+    // The power button of a guest that does not listen: shutting down, still running.
+    vm.power_button().unwrap();
+    assert_eq!(vm.state(), VmState::ShuttingDown);
+    wait_until("output after the button", || out.len() > frozen + 4);
+
+    let c = vm.counters();
+    let io_out = c
+        .exits
+        .by_reason
+        .iter()
+        .find(|(r, _)| *r == "io-out")
+        .unwrap()
+        .1;
+    assert!(io_out as usize >= out.len(), "{c:?}");
+    let info = vm.info();
+    assert!(info.uptime.unwrap() > Duration::ZERO);
+    assert_eq!(info.devices.len(), 1, "the entropy device");
+    assert_eq!(info.devices[0].name, "rng0");
+
+    // Stop while paused.
+    vm.pause().unwrap();
+    vm.stop().unwrap();
+    assert_eq!(vm.wait(), VmOutcome::Stopped);
+    assert_eq!(vm.state(), VmState::Ended(VmOutcome::Stopped));
+
+    // Commands after the end.
+    assert!(not_running(vm.pause()));
+    assert!(not_running(vm.resume()));
+    assert!(not_running(vm.power_button()));
+    assert!(not_running(vm.stop()));
+    assert!(vm.console_input(b"x").is_err());
+
+    let seen: Vec<VmEvent> = events.try_iter().collect();
+    let states: Vec<VmState> = seen.into_iter().map(|VmEvent::State(s)| s).collect();
+    assert_eq!(
+        states,
+        vec![
+            VmState::Running,
+            VmState::Paused,
+            VmState::Running,
+            VmState::ShuttingDown,
+            VmState::Paused,
+            VmState::Ended(VmOutcome::Stopped),
+        ]
+    );
+}
+
+#[test]
+fn a_guest_that_resets_ends_the_vm_and_a_vm_without_acpi_has_no_button() {
+    let _slot = CpuSlots::take(1);
+    let (vm, out, _dir) = tiny_vm(Some(3), false);
+    vm.start().unwrap();
+    assert!(matches!(vm.power_button(), Err(Error::NoPowerButton)));
+    assert_eq!(vm.wait(), VmOutcome::Reset);
+    assert_eq!(out.bytes(), b"012");
+    assert!(not_running(vm.resume()));
+}
+
+#[test]
+fn a_vm_stopped_before_it_started_ends_and_a_dropped_vm_stops() {
+    let (vm, _out, _dir) = tiny_vm(None, true);
+    vm.stop().unwrap();
+    assert_eq!(vm.wait(), VmOutcome::Stopped);
+    assert!(vm.start().is_err());
+
+    let _slot = CpuSlots::take(1);
+    let (vm, out, _dir) = tiny_vm(None, true);
+    vm.start().unwrap();
+    wait_until("the guest to run", || !out.is_empty());
+    let threads_before = thread_count();
+    drop(vm); // stops and joins the vCPU, VMM and device threads
+    assert!(
+        thread_count() < threads_before,
+        "threads left: {} of {threads_before}",
+        thread_count()
+    );
+}
+
+fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}

@@ -1,0 +1,535 @@
+//! From a [`VmConfig`] to a [`Vm`] ready to start, in small steps, in this order:
+//!
+//! 1. [`VmBuilder::new`]: the checks that need nothing (vCPU count, the memory layout,
+//!    computed once);
+//! 2. [`open_inputs`]: every file and host resource the user named (kernel, initrd, disks,
+//!    taps, entropy source), so that bad input is reported before anything is created;
+//! 3. [`create_vm`]: `/dev/kvm`, a VM with the in-kernel interrupt controllers and PIT;
+//! 4. [`attach_memory`]: guest RAM, registered with KVM;
+//! 5. [`load_kernel`]: the kernel and the initrd into guest memory;
+//! 6. [`attach_devices`]: COM1, i8042, ACPI PM, boot timer, then every virtio device;
+//! 7. [`kernel_cmdline`] and [`write_boot_tables`]: the command line, the MP table, the ACPI
+//!    tables, the zero page;
+//! 8. [`create_vcpus`]: one vCPU per `--cpus`, the boot CPU at the kernel's entry point.
+//!
+//! Each step is a function of what the earlier ones made; the pure ones are unit tested
+//! here, the others by the KVM tests (tests/vm_handle.rs) and every boot.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use boot::e820::MemoryLayout;
+use devices::virtio::block::Block;
+use devices::virtio::net::Net;
+use devices::virtio::rng::Rng;
+use devices::virtio::{GuestMemoryMmap, VirtioDevice};
+use kvm_ioctls::{Kvm, VmFd};
+
+use crate::config::{CpuTemplate, CpuTemplateChoice, HostInterface, SerialMode};
+use crate::device_manager::DeviceManager;
+use crate::stats::ExitCounters;
+use crate::vcpu::{BootSetup, Vcpu};
+use crate::vm::{Startable, Vm};
+use crate::{memory, network, Error, VmConfig};
+
+/// Builds one [`Vm`] from a [`VmConfig`].
+pub struct VmBuilder {
+    cfg: VmConfig,
+    layout: MemoryLayout,
+    console: Option<Box<dyn Write + Send>>,
+    start: Instant,
+}
+
+impl VmBuilder {
+    /// Check what needs no file and no KVM: the vCPU count and the memory size (against
+    /// the layout's limits and the host's RAM), once.
+    pub fn new(cfg: VmConfig) -> Result<Self, Error> {
+        let max = arch::mptable::max_cpus().min(usize::from(u8::MAX));
+        if cfg.cpus == 0 || usize::from(cfg.cpus) > max {
+            return Err(Error::Config(format!(
+                "--cpus {}: must be between 1 and {max}",
+                cfg.cpus
+            )));
+        }
+        let layout = memory::layout(cfg.memory, memory::host_ram())?;
+        Ok(Self {
+            cfg,
+            layout,
+            console: None,
+            start: Instant::now(),
+        })
+    }
+
+    /// Where the guest's console output goes with `SerialMode::Stdio` (the front-end's
+    /// terminal, a pipe, ...). Without one it is discarded.
+    pub fn console_output(mut self, out: Box<dyn Write + Send>) -> Self {
+        self.console = Some(out);
+        self
+    }
+
+    /// Count from `start` for the boot time (default: when the builder was made).
+    pub fn started_at(mut self, start: Instant) -> Self {
+        self.start = start;
+        self
+    }
+
+    /// Build the VM (state `Created`: nothing runs until [`Vm::start`]).
+    pub fn build(self) -> Result<Vm, Error> {
+        let VmBuilder {
+            cfg,
+            layout,
+            console,
+            start,
+        } = self;
+        let inputs = open_inputs(&cfg, console)?;
+        let template = cpu_template(cfg.cpu_template);
+        let (kvm, vm) = create_vm()?;
+        let kvm_max = kvm.get_max_vcpus();
+        if usize::from(cfg.cpus) > kvm_max {
+            return Err(Error::Config(format!(
+                "--cpus {}: this host's KVM allows at most {kvm_max} vCPUs",
+                cfg.cpus
+            )));
+        }
+        let mem = attach_memory(&vm, &layout)?;
+        let kernel = load_kernel(&mem, &cfg, inputs.kernel, inputs.initrd)?;
+        let devices = attach_devices(&vm, &mem, start, inputs.serial_out, inputs.virtio)?;
+        let cmdline = kernel_cmdline(&cfg, template, &devices.cmdline_entries())?;
+        write_boot_tables(&mem, &cfg, &layout, &kernel, &cmdline, &devices)?;
+        let exits = Arc::new(ExitCounters::new(cfg.detailed_counters));
+        let (pio, mmio, handles) = devices.finish();
+        let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
+        let vcpus = create_vcpus(
+            &kvm,
+            &vm,
+            &mem,
+            &cfg,
+            template,
+            &kernel,
+            (&pio, &mmio),
+            &exits,
+        )?;
+        log::debug!("VM built in {:?}", start.elapsed());
+        Vm::new(
+            cfg.clone(),
+            Startable {
+                kvm: (kvm, vm),
+                vcpus,
+                devices: handles,
+                acpi: cfg.acpi,
+            },
+            exits,
+            (pio, mmio),
+        )
+    }
+}
+
+/// Everything [`open_inputs`] opened.
+pub struct Inputs {
+    /// The kernel image.
+    pub kernel: File,
+    /// The initrd.
+    pub initrd: Option<File>,
+    /// Where COM1's output goes.
+    pub serial_out: Box<dyn Write + Send>,
+    /// The virtio devices, with the names the guest will give them, in bus order: disks,
+    /// NICs, the entropy device.
+    pub virtio: Vec<(String, Box<dyn VirtioDevice>)>,
+}
+
+fn open(what: &'static str, path: &Path) -> Result<File, Error> {
+    let file = File::open(path).map_err(|source| Error::File {
+        what,
+        path: path.display().to_string(),
+        source,
+    })?;
+    // Opening a directory succeeds; reading it does not. Say so now.
+    match file.metadata() {
+        Ok(m) if m.is_dir() => Err(Error::File {
+            what,
+            path: path.display().to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "is a directory"),
+        }),
+        _ => Ok(file),
+    }
+}
+
+/// Open every file and host resource the configuration names. Taps minivmm creates are not
+/// persistent: if a later step fails, dropping them removes them again.
+pub fn open_inputs(
+    cfg: &VmConfig,
+    console: Option<Box<dyn Write + Send>>,
+) -> Result<Inputs, Error> {
+    let kernel = open("kernel", &cfg.kernel)?;
+    let initrd = cfg
+        .initrd
+        .as_deref()
+        .map(|p| open("initrd", p))
+        .transpose()?;
+    let mut virtio: Vec<(String, Box<dyn VirtioDevice>)> = Vec::new();
+    for (i, d) in cfg.disks.iter().enumerate() {
+        let block = Block::new(d.clone()).map_err(Error::Disk)?;
+        virtio.push((disk_name(i), Box::new(block)));
+    }
+    for (index, n) in cfg.nets.iter().enumerate() {
+        let tap = match &n.host {
+            HostInterface::Tap(name) => network::ManagedTap::open_existing(name),
+            HostInterface::Bridge(br) => network::ManagedTap::create(br, index as u32),
+        }
+        .map_err(|source| Error::Net { index, source })?;
+        let mac = n
+            .mac
+            .unwrap_or_else(|| network::derive_mac(&cfg.mac_seed(), index as u32));
+        let tap_name = tap.name().to_string();
+        let net =
+            Net::new(tap.into_tap(), mac).map_err(|source| Error::NetDevice { index, source })?;
+        log::info!(
+            "eth{index}: tap {tap_name}, MAC {}",
+            devices::virtio::net::format_mac(&mac)
+        );
+        virtio.push((format!("eth{index} ({tap_name})"), Box::new(net)));
+    }
+    if let Some(src) = &cfg.rng {
+        virtio.push(("rng0".into(), Box::new(Rng::new(src).map_err(Error::Rng)?)));
+    }
+    let serial_out: Box<dyn Write + Send> = match &cfg.serial {
+        SerialMode::Stdio => console.unwrap_or_else(|| Box::new(std::io::sink())),
+        SerialMode::File(p) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|source| Error::File {
+                    what: "serial output file",
+                    path: p.display().to_string(),
+                    source,
+                })?,
+        ),
+        SerialMode::None => Box::new(std::io::sink()),
+    };
+    Ok(Inputs {
+        kernel,
+        initrd,
+        serial_out,
+        virtio,
+    })
+}
+
+/// `vda`, `vdb`, ..., `vdz`, `vdaa`, ...: what Linux calls disk `i`.
+pub fn disk_name(i: usize) -> String {
+    let mut name = String::new();
+    let mut n = i;
+    loop {
+        name.insert(0, (b'a' + (n % 26) as u8) as char);
+        if n < 26 {
+            break;
+        }
+        n = n / 26 - 1;
+    }
+    format!("vd{name}")
+}
+
+/// Choose the CPUID template and log why.
+fn cpu_template(choice: CpuTemplateChoice) -> CpuTemplate {
+    let (template, why) = arch::cpuid::resolve(choice);
+    log::info!("{why} (--cpu-template overrides)");
+    template
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
+    move |source| Error::Kvm { what, source }
+}
+
+/// Open `/dev/kvm` and create a VM with the in-kernel PIC, IOAPIC, LAPICs and PIT.
+pub fn create_vm() -> Result<(Kvm, VmFd), Error> {
+    let kvm = Kvm::new().map_err(kvm_err("opening /dev/kvm"))?;
+    let version = kvm.get_api_version();
+    if version != kvm_bindings::KVM_API_VERSION as i32 {
+        return Err(Error::Host(format!(
+            "KVM API version {version}, expected {}",
+            kvm_bindings::KVM_API_VERSION
+        )));
+    }
+    let fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    // Intel VT-x needs three pages for a real-mode TSS somewhere the guest won't use.
+    fd.set_tss_address(arch::layout::KVM_TSS_ADDRESS as usize)
+        .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+    // PIC + IOAPIC + LAPICs in the kernel: interrupts never need a trip to user space.
+    fd.create_irq_chip()
+        .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    let pit = kvm_bindings::kvm_pit_config {
+        flags: kvm_bindings::KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+    Ok((kvm, fd))
+}
+
+/// Allocate guest RAM for `layout` and register it with KVM.
+pub fn attach_memory(vm: &VmFd, layout: &MemoryLayout) -> Result<GuestMemoryMmap, Error> {
+    let mem = memory::create(layout)?;
+    memory::register(vm, &mem)?;
+    Ok(mem)
+}
+
+/// The kernel, then the initrd above it.
+pub fn load_kernel(
+    mem: &GuestMemoryMmap,
+    cfg: &VmConfig,
+    mut kernel_file: File,
+    initrd_file: Option<File>,
+) -> Result<LoadedKernel, Error> {
+    let kernel =
+        boot::loader::load_kernel(mem, &mut kernel_file).map_err(|source| Error::Kernel {
+            path: cfg.kernel.display().to_string(),
+            source,
+        })?;
+    log::info!(
+        "kernel {}: {:?}, entry {:#x}",
+        cfg.kernel.display(),
+        kernel.format,
+        kernel.entry.0
+    );
+    let initrd = match (initrd_file, &cfg.initrd) {
+        (Some(mut f), Some(path)) => Some(
+            boot::initrd::load_initrd(
+                mem,
+                &mut f,
+                kernel.end,
+                boot::zeropage::initrd_addr_max(kernel.setup_header.as_ref()),
+            )
+            .map_err(|source| Error::Initrd {
+                path: path.display().to_string(),
+                source,
+            })?,
+        ),
+        _ => None,
+    };
+    Ok(LoadedKernel { kernel, initrd })
+}
+
+/// What [`load_kernel`] put in guest memory.
+pub struct LoadedKernel {
+    /// The kernel: entry point, end, setup header.
+    pub kernel: boot::loader::LoadedKernel,
+    /// Where the initrd went (address, size).
+    pub initrd: Option<(vm_memory::GuestAddress, usize)>,
+}
+
+/// The legacy devices, then each virtio device, on their buses.
+pub fn attach_devices(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    start: Instant,
+    serial_out: Box<dyn Write + Send>,
+    virtio: Vec<(String, Box<dyn VirtioDevice>)>,
+) -> Result<DeviceManager, Error> {
+    let mut devices = DeviceManager::new(vm, serial_out, start)?;
+    for (name, device) in virtio {
+        devices.add_virtio(vm, mem, name, device)?;
+    }
+    Ok(devices)
+}
+
+/// The kernel command line: defaults, what the PVM template needs, the devices (without
+/// ACPI), the root file system, then the user's.
+pub fn kernel_cmdline(
+    cfg: &VmConfig,
+    template: CpuTemplate,
+    device_entries: &[String],
+) -> Result<String, Error> {
+    let user = cfg.cmdline.as_deref().unwrap_or("");
+    // The first disk is the root file system unless the user says otherwise; mounted
+    // read-only when the disk is.
+    let root = match cfg.disks.first() {
+        Some(_) if user.split_whitespace().any(|w| w.starts_with("root=")) => "",
+        Some(d) if d.read_only => "root=/dev/vda ro",
+        Some(_) => "root=/dev/vda rw",
+        None => "",
+    };
+    let mut parts = vec![
+        boot::cmdline::DEFAULT_CMDLINE,
+        template.extra_kernel_cmdline(),
+    ];
+    // With ACPI the DSDT describes the virtio devices: listing them here as well would make
+    // Linux probe each twice, and on a hardware-reduced ACPI machine the ISA IRQ numbers of
+    // these entries are not even mapped.
+    if !cfg.acpi {
+        parts.extend(device_entries.iter().map(String::as_str));
+    }
+    parts.push(root);
+    parts.push(user);
+    let cmdline = boot::cmdline::build(&parts).map_err(Error::Cmdline)?;
+    log::info!("kernel command line: {cmdline}");
+    Ok(cmdline)
+}
+
+/// Command line, MP table (CPUs and IOAPIC; Linux ignores it when it finds ACPI), ACPI
+/// tables, zero page (e820, command line, initrd, where the ACPI tables are).
+pub fn write_boot_tables(
+    mem: &GuestMemoryMmap,
+    cfg: &VmConfig,
+    layout: &MemoryLayout,
+    loaded: &LoadedKernel,
+    cmdline: &str,
+    devices: &DeviceManager,
+) -> Result<(), Error> {
+    let kernel = &loaded.kernel;
+    boot::cmdline::check_fits(cmdline, kernel.setup_header.as_ref()).map_err(Error::Cmdline)?;
+    let (cmdline_addr, cmdline_size) =
+        boot::cmdline::write_cmdline(mem, cmdline).map_err(Error::Cmdline)?;
+    arch::mptable::setup_mptable(mem, cfg.cpus, arch::layout::IRQ_MAX)
+        .map_err(|e| Error::BootData(format!("MP table: {e}")))?;
+    let acpi_rsdp = if cfg.acpi {
+        let acpi = arch::acpi::AcpiConfig {
+            num_cpus: cfg.cpus,
+            virtio_devices: devices
+                .virtio_slots()
+                .iter()
+                .map(|s| (s.base, s.irq))
+                .collect(),
+        };
+        Some(
+            arch::acpi::setup_acpi(mem, &acpi)
+                .map_err(|e| Error::BootData(format!("ACPI tables: {e}")))?,
+        )
+    } else {
+        None
+    };
+    boot::zeropage::write_zero_page(
+        mem,
+        boot::zeropage::ZeroPageParams {
+            setup_header: kernel.setup_header,
+            cmdline_addr,
+            cmdline_size,
+            initrd: loaded.initrd,
+            e820: layout.e820_map(),
+            mem_size: layout.size(),
+            acpi_rsdp,
+        },
+    )
+    .map_err(|e| Error::BootData(format!("zero page: {e}")))
+}
+
+/// One vCPU per `--cpus`, each with its CPUID, MSRs and LAPIC; the boot CPU at the entry.
+#[allow(clippy::too_many_arguments)]
+pub fn create_vcpus(
+    kvm: &Kvm,
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    cfg: &VmConfig,
+    template: CpuTemplate,
+    loaded: &LoadedKernel,
+    buses: (&Arc<crate::bus::Bus>, &Arc<crate::bus::Bus>),
+    exits: &Arc<ExitCounters>,
+) -> Result<Vec<Vcpu>, Error> {
+    let supported = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    let setup = BootSetup {
+        cpuid: &supported,
+        template,
+        num_cpus: cfg.cpus,
+        entry: loaded.kernel.entry,
+    };
+    (0..cfg.cpus)
+        .map(|index| {
+            let v = Vcpu::new(
+                vm,
+                index,
+                buses.0.clone(),
+                buses.1.clone(),
+                mem.clone(),
+                exits.clone(),
+            )?;
+            v.configure(&setup)?;
+            Ok(v)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BlockConfig;
+
+    fn cfg() -> VmConfig {
+        VmConfig::new("/vmlinux".into())
+    }
+
+    fn disk(read_only: bool) -> BlockConfig {
+        BlockConfig {
+            path: "/disk".into(),
+            read_only,
+            serial: None,
+        }
+    }
+
+    #[test]
+    fn checks_cpus_and_memory_once() {
+        assert!(VmBuilder::new(cfg()).is_ok());
+        let bad = |f: fn(&mut VmConfig)| {
+            let mut c = cfg();
+            f(&mut c);
+            VmBuilder::new(c).err().unwrap()
+        };
+        assert!(bad(|c| c.cpus = 0).to_string().contains("--cpus 0"));
+        assert!(bad(|c| c.memory = 1 << 20).is_bad_input());
+        assert!(bad(|c| c.memory = 64 << 40).is_bad_input());
+    }
+
+    #[test]
+    fn root_follows_the_first_disk() {
+        let line = |c: &VmConfig| kernel_cmdline(c, CpuTemplate::Host, &[]).unwrap();
+        let mut c = cfg();
+        assert!(!line(&c).contains("root="));
+        c.disks.push(disk(false));
+        assert!(line(&c).contains("root=/dev/vda rw"));
+        c.disks[0].read_only = true;
+        assert!(line(&c).contains("root=/dev/vda ro"));
+        c.cmdline = Some("root=/dev/vdb".into());
+        let l = line(&c);
+        assert!(
+            l.contains("root=/dev/vdb") && !l.contains("/dev/vda"),
+            "{l}"
+        );
+    }
+
+    #[test]
+    fn device_entries_only_without_acpi() {
+        let entries = vec!["virtio_mmio.device=4K@0xc0001000:5".to_string()];
+        let mut c = cfg();
+        let with_acpi = kernel_cmdline(&c, CpuTemplate::Host, &entries).unwrap();
+        assert!(!with_acpi.contains("virtio_mmio"));
+        c.acpi = false;
+        let without = kernel_cmdline(&c, CpuTemplate::Host, &entries).unwrap();
+        assert!(without.contains("virtio_mmio.device=4K@0xc0001000:5"));
+    }
+
+    #[test]
+    fn disk_names_are_linux_names() {
+        assert_eq!(disk_name(0), "vda");
+        assert_eq!(disk_name(25), "vdz");
+        assert_eq!(disk_name(26), "vdaa");
+        assert_eq!(disk_name(27), "vdab");
+    }
+
+    #[test]
+    fn inputs_are_opened_before_anything_else() {
+        let mut c = cfg();
+        c.kernel = "/nonexistent/vmlinux".into();
+        let e = open_inputs(&c, None).err().unwrap();
+        assert!(e.is_bad_input() && e.to_string().contains("/nonexistent/vmlinux"));
+        let mut c = VmConfig::new("/".into());
+        c.rng = None;
+        let e = open_inputs(&c, None).err().unwrap();
+        assert!(e.to_string().contains("is a directory"), "{e}");
+        let mut c = VmConfig::new("/proc/self/exe".into());
+        c.rng = Some("/nonexistent/rng".into());
+        let e = open_inputs(&c, None).err().unwrap();
+        assert!(e.is_bad_input() && e.to_string().contains("/nonexistent/rng"));
+    }
+}
