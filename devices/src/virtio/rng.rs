@@ -19,14 +19,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryBackend};
 
-use super::worker::{ActiveQueues, Control, QueueHandler, Worker, WorkerContext};
-use super::{
-    ActivateContext, ActivateError, GuestMemoryMmap, VirtioDevice, VirtioInterrupt,
-    VIRTIO_F_VERSION_1,
-};
+use super::worker::{ActiveQueues, Control, QueueHandler, SingleQueue, Worker, WorkerContext};
+use super::{ActivateContext, ActivateError, GuestMemoryMmap, VirtioDevice, VIRTIO_F_VERSION_1};
 
 /// The virtio device ID of an entropy source.
 pub const VIRTIO_ID_RNG: u32 = 4;
@@ -172,20 +169,12 @@ struct RngHandler {
     source: File,
     counters: Arc<RngCounters>,
     buf: Vec<u8>,
-    active: Option<(GuestMemoryMmap, Queue, Arc<VirtioInterrupt>)>,
+    active: Option<SingleQueue>,
 }
 
 impl QueueHandler for RngHandler {
     fn activate(&mut self, q: ActiveQueues, _ctx: &mut WorkerContext) {
-        let ActiveQueues {
-            mem,
-            queues,
-            interrupt,
-            ..
-        } = q;
-        if let Some(queue) = queues.into_iter().next() {
-            self.active = Some((mem, queue, interrupt));
-        }
+        self.active = q.into_single();
     }
 
     fn queue_event(&mut self, _index: usize, ctx: &mut WorkerContext) {
@@ -305,6 +294,7 @@ fn read_some(source: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 mod tests {
     use super::*;
     use crate::test_util::{CountingInterrupt, DriverQueue};
+    use crate::virtio::VirtioInterrupt;
     use vm_memory::GuestAddress;
 
     const MEM: usize = 1 << 20;

@@ -58,6 +58,18 @@ pub struct ActiveQueues {
     pub interrupt: Arc<VirtioInterrupt>,
 }
 
+/// One queue with what it needs: the state of a single-queue device's handler.
+pub type SingleQueue = (GuestMemoryMmap, Queue, Arc<VirtioInterrupt>);
+
+impl ActiveQueues {
+    /// The first queue, for single-queue devices (block, rng); `None` if there is none.
+    /// Event-index suppression is already set on it by the transport.
+    pub fn into_single(self) -> Option<SingleQueue> {
+        let queue = self.queues.into_iter().next()?;
+        Some((self.mem, queue, self.interrupt))
+    }
+}
+
 /// A device's I/O, run on its worker thread.
 pub trait QueueHandler: Send + 'static {
     /// The driver set `DRIVER_OK`: take the queues and start. The worker calls

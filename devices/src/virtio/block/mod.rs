@@ -32,17 +32,14 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_ID_BYTES,
 };
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 
 pub use handler::QueueError;
 
 use self::disk::DiskImage;
 use self::handler::Engine;
-use super::worker::{ActiveQueues, QueueHandler, Worker, WorkerContext};
-use super::{
-    ActivateContext, ActivateError, GuestMemoryMmap, VirtioDevice, VirtioInterrupt,
-    VIRTIO_F_VERSION_1,
-};
+use super::worker::{ActiveQueues, QueueHandler, SingleQueue, Worker, WorkerContext};
+use super::{ActivateContext, ActivateError, GuestMemoryMmap, VirtioDevice, VIRTIO_F_VERSION_1};
 
 /// The virtio device ID of a block device.
 pub const VIRTIO_ID_BLOCK: u32 = 2;
@@ -187,22 +184,13 @@ pub struct Block {
 /// What a block device's worker thread does: drain the request queue on every notification.
 pub struct BlockHandler {
     engine: Arc<Engine>,
-    active: Option<(GuestMemoryMmap, Queue, Arc<VirtioInterrupt>)>,
+    active: Option<SingleQueue>,
 }
 
 impl QueueHandler for BlockHandler {
     fn activate(&mut self, q: ActiveQueues, _ctx: &mut WorkerContext) {
-        let ActiveQueues {
-            mem,
-            acked_features,
-            queues,
-            interrupt,
-        } = q;
         // `Block::activate` checked there is exactly one ready queue.
-        if let Some(mut queue) = queues.into_iter().next() {
-            queue.set_event_idx(acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
-            self.active = Some((mem, queue, interrupt));
-        }
+        self.active = q.into_single();
     }
 
     fn queue_event(&mut self, _index: usize, ctx: &mut WorkerContext) {
