@@ -92,3 +92,62 @@ fn help_is_not_an_error() {
     assert_eq!(f.code(), 0, "{f}");
     assert!(f.stdout.contains("--kernel"), "{f}");
 }
+
+/// A FIFO nobody writes to, where a file is expected: a blocking open would hang minivmm
+/// (and this test, past `run`'s deadline).
+#[test]
+fn fifo_as_kernel_initrd_or_disk() {
+    let d = TempDir::new("minivmm-cli");
+    let fifo = d.join("fifo");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let fifo = fifo.display().to_string();
+    let k = text_file(&d);
+    bad(&["--kernel", &fifo], "not a regular file");
+    bad(&["--kernel", &k, "--initrd", &fifo], "not a regular file");
+    bad(
+        &["--kernel", &k, "--disk", &format!("{fifo},readonly=on")],
+        "neither a regular file nor a block device",
+    );
+    bad(&["--kernel", &k, "--disk", &fifo], "neither a regular file");
+}
+
+#[test]
+fn the_same_disk_twice() {
+    let d = TempDir::new("minivmm-cli");
+    let k = text_file(&d);
+    let img = d.join("disk.img");
+    std::fs::write(&img, vec![0u8; 4096]).unwrap();
+    let img = img.display().to_string();
+    bad(
+        &[
+            "--kernel",
+            &k,
+            "--disk",
+            &img,
+            "--disk",
+            &format!("{img},readonly=on"),
+        ],
+        "is given twice (as vda and vdb)",
+    );
+}
+
+#[test]
+fn more_virtio_devices_than_irq_lines() {
+    let d = TempDir::new("minivmm-cli");
+    let k = text_file(&d);
+    let mut args = vec!["--kernel".to_string(), k];
+    for i in 0..18 {
+        args.push("--disk".into());
+        args.push(format!("/nonexistent/{i}.img"));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // 18 disks and the default entropy device.
+    bad(
+        &args,
+        "19 virtio devices (18 disks, 0 network interfaces, rng): at most 18",
+    );
+}

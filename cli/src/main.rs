@@ -30,6 +30,8 @@ mod exit {
     pub const BAD_INPUT: u8 = 2;
     /// The guest crashed: triple fault, KVM internal or emulation error, failed entry.
     pub const GUEST_CRASH: u8 = 3;
+    /// minivmm itself failed while the VM ran: a thread panicked (a bug; please report it).
+    pub const VMM_PANIC: u8 = 4;
     /// Stopped by signal N: 128 + N, as shells report it.
     pub const SIGNAL_BASE: u8 = 128;
 }
@@ -430,6 +432,10 @@ fn exit_code(ending: Ending) -> ExitCode {
         Ending::Vm(VmOutcome::Crash(why)) => {
             eprintln!("minivmm: guest crashed: {why}");
             ExitCode::from(exit::GUEST_CRASH)
+        }
+        Ending::Vm(VmOutcome::VmmPanic(why)) => {
+            eprintln!("minivmm: internal error, the VM was stopped: {why}");
+            ExitCode::from(exit::VMM_PANIC)
         }
     }
 }

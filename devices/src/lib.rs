@@ -6,6 +6,17 @@
 
 use std::io;
 
+/// The text of a caught panic's payload (`panic!("...")` gives a `&str` or a `String`).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_string()
+    }
+}
+
 /// A device on the port-I/O or MMIO bus. The bus has already subtracted the device's base
 /// address: `offset` is relative to the start of the device's range.
 pub trait BusDevice: Send {

@@ -17,6 +17,7 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -34,6 +35,7 @@ use crate::stats::ExitCounters;
 use crate::vcpu::{BootSetup, Vcpu};
 use crate::vm::{Startable, Vm};
 use crate::{memory, network, Error, VmConfig};
+use arch::layout;
 
 /// Builds one [`Vm`] from a [`VmConfig`].
 pub struct VmBuilder {
@@ -41,6 +43,53 @@ pub struct VmBuilder {
     layout: MemoryLayout,
     console: Option<Box<dyn Write + Send>>,
     start: Instant,
+}
+
+/// How many virtio devices fit: one IRQ line each (the IOAPIC's pins between the legacy
+/// ones and the GED's) and one MMIO window each.
+pub const MAX_VIRTIO_DEVICES: usize = {
+    let lines = (layout::VIRTIO_IRQ_END - layout::VIRTIO_IRQ_START + 1) as usize;
+    let windows = layout::VIRTIO_MMIO_MAX_DEVICES as usize;
+    if lines < windows {
+        lines
+    } else {
+        windows
+    }
+};
+
+/// Refuse device lists that cannot work, before anything is opened: more virtio devices
+/// than there are IRQ lines, or one disk image given twice (its lock would make the second
+/// open look like another process's, and two devices writing one file corrupt it).
+fn check_devices(cfg: &VmConfig) -> Result<(), Error> {
+    let count = cfg.disks.len() + cfg.nets.len() + usize::from(cfg.rng.is_some());
+    if count > MAX_VIRTIO_DEVICES {
+        return Err(Error::Config(format!(
+            "{count} virtio devices ({} disks, {} network interfaces{}): at most \
+             {MAX_VIRTIO_DEVICES} fit",
+            cfg.disks.len(),
+            cfg.nets.len(),
+            if cfg.rng.is_some() { ", rng" } else { "" }
+        )));
+    }
+    use std::os::unix::fs::MetadataExt;
+    let mut seen: Vec<((u64, u64), usize)> = Vec::new();
+    for (i, d) in cfg.disks.iter().enumerate() {
+        // A disk that cannot be looked at fails with its own message when opened.
+        let Ok(meta) = std::fs::metadata(&d.path) else {
+            continue;
+        };
+        let id = (meta.dev(), meta.ino());
+        if let Some((_, first)) = seen.iter().find(|(s, _)| *s == id) {
+            return Err(Error::Config(format!(
+                "--disk {} is given twice (as {} and {})",
+                d.path.display(),
+                disk_name(*first),
+                disk_name(i)
+            )));
+        }
+        seen.push((id, i));
+    }
+    Ok(())
 }
 
 impl VmBuilder {
@@ -55,6 +104,7 @@ impl VmBuilder {
             )));
         }
         let layout = memory::layout(cfg.memory, memory::host_ram())?;
+        check_devices(&cfg)?;
         Ok(Self {
             cfg,
             layout,
@@ -140,21 +190,116 @@ pub struct Inputs {
     pub virtio: Vec<(String, Box<dyn VirtioDevice>)>,
 }
 
+/// Open a file minivmm reads whole (kernel, initrd). `O_NONBLOCK` keeps a FIFO from
+/// blocking the open until some writer appears; anything but a regular file is refused
+/// (a directory opens but cannot be read, a FIFO or device has no size to load).
 fn open(what: &'static str, path: &Path) -> Result<File, Error> {
-    let file = File::open(path).map_err(|source| Error::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    let bad = |source| Error::File {
         what,
         path: path.display().to_string(),
         source,
-    })?;
-    // Opening a directory succeeds; reading it does not. Say so now.
-    match file.metadata() {
-        Ok(m) if m.is_dir() => Err(Error::File {
-            what,
-            path: path.display().to_string(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "is a directory"),
-        }),
-        _ => Ok(file),
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(bad)?;
+    let meta = file.metadata().map_err(bad)?;
+    if meta.is_file() {
+        return Ok(file);
     }
+    let kind = if meta.is_dir() {
+        "is a directory"
+    } else {
+        "is not a regular file (a FIFO, socket or device)"
+    };
+    Err(bad(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        kind,
+    )))
+}
+
+/// The most a VM writes to a `--serial file:` output (per run): a guest that prints
+/// forever cannot fill the host's disk.
+pub const SERIAL_FILE_LIMIT: u64 = 256 << 20;
+
+/// A writer that passes on at most `limit` bytes, then drops the rest and says so once.
+struct CappedWriter<W> {
+    inner: W,
+    name: String,
+    left: u64,
+    limit: u64,
+}
+
+impl<W: Write> CappedWriter<W> {
+    fn new(inner: W, name: String, limit: u64) -> Self {
+        Self {
+            inner,
+            name,
+            left: limit,
+            limit,
+        }
+    }
+}
+
+impl<W: Write> Write for CappedWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            // Swallowed: the serial device must not see errors it would retry.
+            return Ok(buf.len());
+        }
+        let take = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.write(&buf[..take])?;
+        self.left -= n as u64;
+        if self.left == 0 {
+            log::warn!(
+                "serial output file {} reached its {} MiB cap: further guest output is dropped",
+                self.name,
+                self.limit >> 20
+            );
+            return Ok(buf.len());
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Open (or create) the serial output file for appending. A FIFO without a reader would
+/// block the open, and one with a reader could block the vCPU that writes to it: only a
+/// regular file or a character device (`/dev/null`, a tty) is accepted.
+fn open_serial_file(path: &Path) -> Result<File, Error> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let bad = |source| Error::File {
+        what: "serial output file",
+        path: path.display().to_string(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(bad)?;
+    let kind = file.metadata().map_err(bad)?.file_type();
+    if !(kind.is_file() || kind.is_char_device()) {
+        return Err(bad(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "is not a regular file or a character device",
+        )));
+    }
+    // Writes must not fail with EAGAIN on a tty: open the same file again, by its
+    // descriptor (no race with a rename), without O_NONBLOCK.
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(bad)?;
+    Ok(file)
 }
 
 /// Open every file and host resource the configuration names. Taps minivmm creates are not
@@ -197,17 +342,11 @@ pub fn open_inputs(
     }
     let serial_out: Box<dyn Write + Send> = match &cfg.serial {
         SerialMode::Stdio => console.unwrap_or_else(|| Box::new(std::io::sink())),
-        SerialMode::File(p) => Box::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map_err(|source| Error::File {
-                    what: "serial output file",
-                    path: p.display().to_string(),
-                    source,
-                })?,
-        ),
+        SerialMode::File(p) => Box::new(CappedWriter::new(
+            open_serial_file(p)?,
+            p.display().to_string(),
+            SERIAL_FILE_LIMIT,
+        )),
         SerialMode::None => Box::new(std::io::sink()),
     };
     Ok(Inputs {
@@ -531,5 +670,78 @@ mod tests {
         c.rng = Some("/nonexistent/rng".into());
         let e = open_inputs(&c, None).err().unwrap();
         assert!(e.is_bad_input() && e.to_string().contains("/nonexistent/rng"));
+    }
+
+    #[test]
+    fn too_many_devices_and_a_disk_twice_are_bad_input() {
+        let img = std::env::temp_dir().join(format!("minivmm-twice-{}.img", std::process::id()));
+        std::fs::write(&img, [0u8; 512]).unwrap();
+        let link = img.with_extension("link");
+        let _ = std::fs::remove_file(&link);
+        std::fs::hard_link(&img, &link).unwrap();
+        let with = |paths: &[&Path]| {
+            let mut c = cfg();
+            for p in paths {
+                let mut d = disk(true);
+                d.path = p.to_path_buf();
+                c.disks.push(d);
+            }
+            VmBuilder::new(c)
+        };
+        // The same image under another name (a hard link) is still the same image.
+        let e = with(&[&img, Path::new("/nonexistent"), &link])
+            .err()
+            .unwrap();
+        assert!(e.is_bad_input());
+        assert!(
+            e.to_string().contains("given twice (as vda and vdc)"),
+            "{e}"
+        );
+        let _ = std::fs::remove_file(&link);
+        let _ = std::fs::remove_file(&img);
+
+        let mut c = cfg();
+        c.disks = (0..MAX_VIRTIO_DEVICES).map(|_| disk(true)).collect();
+        let e = VmBuilder::new(c).err().unwrap();
+        assert!(e.is_bad_input());
+        assert!(
+            e.to_string()
+                .starts_with(&format!("{} virtio devices", MAX_VIRTIO_DEVICES + 1)),
+            "{e}"
+        );
+        let mut c = cfg();
+        c.rng = None;
+        c.disks = (0..MAX_VIRTIO_DEVICES).map(|_| disk(true)).collect();
+        assert!(VmBuilder::new(c).is_ok());
+    }
+
+    #[test]
+    fn fifos_and_devices_are_refused_without_blocking() {
+        let dir = std::env::temp_dir().join(format!("minivmm-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo");
+        let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        let _ = std::fs::remove_file(&fifo);
+        // SAFETY: mkfifo reads the NUL-terminated path, which outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        // Nobody writes to the FIFO: a blocking open would hang this test.
+        let e = open("kernel", &fifo).err().unwrap();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        assert!(open("initrd", Path::new("/dev/zero")).is_err());
+        // Nobody reads it either: a blocking open for writing would hang too.
+        let e = open_serial_file(&fifo).err().unwrap();
+        assert!(e.is_bad_input(), "{e}");
+        assert!(open_serial_file(Path::new("/dev/null")).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_serial_file_stops_growing_at_its_cap() {
+        let mut w = CappedWriter::new(Vec::new(), "test".into(), 10);
+        assert_eq!(w.write(b"0123456").unwrap(), 7);
+        // The rest of the write is dropped but reported written: the UART never retries.
+        assert_eq!(w.write(b"789abc").unwrap(), 6);
+        assert_eq!(w.write(b"more").unwrap(), 4);
+        assert_eq!(w.inner, b"0123456789");
     }
 }

@@ -8,6 +8,7 @@
 //! | i8042 reset             | the guest (`reboot`)              | end: [`VmOutcome::Reset`]   |
 //! | ACPI power-off          | the guest (`poweroff`, S5)        | end: [`VmOutcome::PowerOff`] |
 //! | exit slot               | a vCPU thread (crash, halt, ...)  | end with its outcome        |
+//! | worker fault            | a device worker that panicked     | end: [`VmOutcome::VmmPanic`] |
 //! | input retry timer       | itself                            | feed queued console input   |
 //!
 //! When the VM ends it stops the vCPUs (state `Stop`, kicked out of `KVM_RUN`, joined) and
@@ -58,6 +59,8 @@ const TOKEN_RESET: u64 = 1;
 const TOKEN_POWEROFF: u64 = 2;
 const TOKEN_EXIT: u64 = 3;
 const TOKEN_INPUT_TIMER: u64 = 4;
+/// Device worker `i`'s fault eventfd is `TOKEN_WORKER_FAULT + i`.
+const TOKEN_WORKER_FAULT: u64 = 1 << 16;
 
 /// Everything the VMM thread owns.
 pub struct EventLoop {
@@ -102,9 +105,15 @@ impl EventLoop {
 
     /// Run until the VM ends; then stop the vCPUs and publish the outcome.
     pub fn run(mut self) {
-        let outcome = match self.serve() {
-            Ok(o) => o,
-            Err(e) => VmOutcome::Crash(format!("the VMM's event loop failed: {e}")),
+        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve()));
+        let outcome = match served {
+            Ok(Ok(o)) => o,
+            Ok(Err(e)) => VmOutcome::Crash(format!("the VMM's event loop failed: {e}")),
+            Err(payload) => {
+                let why = devices::panic_message(payload.as_ref());
+                log::error!("the VMM thread panicked: {why}");
+                VmOutcome::VmmPanic(format!("the VMM thread panicked: {why}"))
+            }
         };
         self.stop_vcpus();
         // Parked workers must be able to hear their stop when the devices are dropped.
@@ -129,6 +138,9 @@ impl EventLoop {
         watch(self.exit.event.as_raw_fd(), TOKEN_EXIT)?;
         if let Some(t) = &self.input_timer {
             watch(t.as_raw_fd(), TOKEN_INPUT_TIMER)?;
+        }
+        for (i, w) in self.devices.workers.iter().enumerate() {
+            watch(w.fault_event().as_raw_fd(), TOKEN_WORKER_FAULT + i as u64)?;
         }
         let mut events = [EpollEvent::default(); 8];
         loop {
@@ -165,6 +177,17 @@ impl EventLoop {
                             let _ = t.wait(); // readable: returns at once
                         }
                         self.flush_input();
+                    }
+                    token if token >= TOKEN_WORKER_FAULT => {
+                        let i = (token - TOKEN_WORKER_FAULT) as usize;
+                        if let Some(w) = self.devices.workers.get(i) {
+                            let _ = w.fault_event().read();
+                            let why = w.failure().unwrap_or_default();
+                            self.exit.set(VmOutcome::VmmPanic(format!(
+                                "device worker {} panicked: {why}",
+                                w.name()
+                            )));
+                        }
                     }
                     _ => {}
                 }
@@ -302,5 +325,87 @@ impl EventLoop {
                 let _ = t.join();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm::Shared;
+    use devices::legacy::{AcpiPm, BootTimer, SerialDevice};
+    use devices::virtio::worker::{ActiveQueues, QueueHandler, Worker, WorkerContext};
+    use devices::virtio::{GuestMemoryMmap, VirtioInterrupt};
+    use devices::Interrupt;
+    use std::sync::Mutex;
+    use std::time::Instant;
+    use virtio_queue::{Queue, QueueT};
+    use vm_memory::GuestAddress;
+    use vmm_sys_util::eventfd::EFD_NONBLOCK;
+
+    struct NoLine;
+    impl Interrupt for NoLine {
+        fn trigger(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A device whose worker panics at the first notification.
+    struct Buggy;
+    impl QueueHandler for Buggy {
+        fn activate(&mut self, _q: ActiveQueues, _ctx: &mut WorkerContext) {}
+        fn queue_event(&mut self, _i: usize, _ctx: &mut WorkerContext) {
+            panic!("boom");
+        }
+        fn reset(&mut self, _ctx: &mut WorkerContext) {}
+    }
+
+    #[test]
+    fn a_panicking_device_worker_ends_the_vm_with_a_vmm_panic() {
+        let mut worker = Worker::spawn("virtio-test0".into(), Buggy).unwrap();
+        let evt = || EventFd::new(EFD_NONBLOCK).unwrap();
+        let devices = DeviceHandles {
+            serial: Arc::new(Mutex::new(SerialDevice::new(
+                Arc::new(NoLine),
+                Box::new(std::io::sink()),
+            ))),
+            reset_evt: evt(),
+            poweroff_evt: evt(),
+            acpi_pm: Arc::new(Mutex::new(AcpiPm::new(evt(), Arc::new(NoLine)))),
+            boot_timer: Arc::new(Mutex::new(BootTimer::new(Instant::now()))),
+            workers: vec![worker.control()],
+            virtio: Vec::new(),
+        };
+        let shared = Arc::new(Shared::new().unwrap());
+        shared.set_state(VmState::Running);
+        let (_tx, rx) = std::sync::mpsc::channel();
+        let event_loop = EventLoop::new(
+            shared.clone(),
+            rx,
+            Arc::new(evt()),
+            devices,
+            Arc::new(ExitSlot::new().unwrap()),
+            Vec::new(),
+            Arc::new(VcpuControl::default()),
+            false,
+        );
+        let thread = std::thread::spawn(move || event_loop.run());
+        worker
+            .activate(
+                ActiveQueues {
+                    mem: GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap(),
+                    acked_features: 0,
+                    queues: vec![Queue::new(16).unwrap()],
+                    interrupt: Arc::new(VirtioInterrupt::new(Arc::new(NoLine))),
+                },
+                vec![evt()],
+            )
+            .unwrap();
+        thread.join().unwrap();
+        assert_eq!(
+            shared.state(),
+            VmState::Ended(VmOutcome::VmmPanic(
+                "device worker virtio-test0 panicked: boom".into()
+            ))
+        );
     }
 }

@@ -378,7 +378,8 @@ impl ManagedTap {
         if sock.driver(name).map(|d| d != "tun").unwrap_or(true) {
             return Err(NetworkError::NotATap(name.to_string()));
         }
-        let tap = Tap::open(name)?;
+        let mut tap = Tap::open(name)?;
+        tap.restore_on_drop()?;
         match sock.flags(name) {
             Ok(f) if f & libc::IFF_UP as libc::c_short == 0 => {
                 log::warn!("network: tap {name} is down; the guest will not see traffic")

@@ -43,6 +43,9 @@ pub enum VmOutcome {
     Stopped,
     /// The guest crashed: triple fault, KVM internal or emulation error, failed entry.
     Crash(String),
+    /// minivmm itself failed: a vCPU thread, a device worker or the VMM thread panicked
+    /// (a bug). The VM was stopped like any other; the text names the thread and the panic.
+    VmmPanic(String),
 }
 
 /// Where a VM is in its life.
@@ -132,6 +135,30 @@ impl Counters {
     }
 }
 
+/// Start thread `name` running `body`, whose outcome (if any) ends the VM. A panic in
+/// `body` is caught and ends the VM too, as [`VmOutcome::VmmPanic`]: the other threads are
+/// stopped and joined by the event loop, the terminal, taps and locks are released by the
+/// usual drops, instead of a half-alive VM with one dead vCPU.
+pub(crate) fn spawn_contained(
+    name: String,
+    exit: Arc<ExitSlot>,
+    body: impl FnOnce() -> Option<VmOutcome> + Send + 'static,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(
+            move || match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+                Ok(Some(o)) => exit.set(o),
+                Ok(None) => {}
+                Err(payload) => {
+                    let why = devices::panic_message(payload.as_ref());
+                    log::error!("{name} panicked: {why}");
+                    exit.set(VmOutcome::VmmPanic(format!("{name} panicked: {why}")));
+                }
+            },
+        )
+}
+
 /// Where the first vCPU or device to decide that the VM ends writes the outcome.
 pub(crate) struct ExitSlot {
     outcome: Mutex<Option<VmOutcome>>,
@@ -174,7 +201,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn new() -> std::io::Result<Self> {
+    pub(crate) fn new() -> std::io::Result<Self> {
         Ok(Self {
             state: Mutex::new((VmState::Created, false)),
             changed: Condvar::new(),
@@ -298,13 +325,7 @@ impl Vm {
         let mut threads = Vec::new();
         for (i, v) in s.vcpus.into_iter().enumerate() {
             let (control, exit) = (control.clone(), exit.clone());
-            let t = std::thread::Builder::new()
-                .name(format!("vcpu{i}"))
-                .spawn(move || {
-                    if let Some(o) = v.run(&control) {
-                        exit.set(o);
-                    }
-                })
+            let t = spawn_contained(format!("vcpu{i}"), exit, move || v.run(&control))
                 .map_err(|e| Error::Host(format!("spawning a vCPU thread: {e}")))?;
             threads.push(t);
         }
@@ -517,5 +538,41 @@ impl Drop for Vm {
         if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_vcpu_thread_ends_the_vm_with_a_vmm_panic() {
+        let exit = Arc::new(ExitSlot::new().unwrap());
+        let t = spawn_contained("vcpu7".into(), exit.clone(), || {
+            panic!("unexpected exit reason");
+        })
+        .unwrap();
+        // The thread ends normally (the panic is caught), the outcome names it, and the
+        // event loop is woken.
+        t.join().unwrap();
+        assert_eq!(
+            exit.get(),
+            Some(VmOutcome::VmmPanic(
+                "vcpu7 panicked: unexpected exit reason".into()
+            ))
+        );
+        assert_eq!(exit.event.read().unwrap(), 1);
+
+        // An outcome already set wins over a later panic: the first to decide ends the VM.
+        let exit = Arc::new(ExitSlot::new().unwrap());
+        spawn_contained("vcpu0".into(), exit.clone(), || Some(VmOutcome::PowerOff))
+            .unwrap()
+            .join()
+            .unwrap();
+        spawn_contained("vcpu1".into(), exit.clone(), || panic!("late"))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(exit.get(), Some(VmOutcome::PowerOff));
     }
 }

@@ -8,7 +8,7 @@
 //! on the vCPU thread: the vCPU only writes the notify register, which KVM turns into an
 //! eventfd signal (ioeventfd) without leaving the kernel.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::QueueT;
@@ -37,6 +37,9 @@ pub const VIRTIO_MMIO_INT_CONFIG: u32 = 2;
 /// and acknowledges, and the line that tells it to look.
 pub struct VirtioInterrupt {
     status: AtomicU32,
+    /// The device found its rings broken and stopped using them (status `DEVICE_NEEDS_RESET`
+    /// until the driver resets it).
+    needs_reset: AtomicBool,
     line: Arc<dyn Interrupt>,
 }
 
@@ -45,6 +48,7 @@ impl VirtioInterrupt {
     pub fn new(line: Arc<dyn Interrupt>) -> Self {
         Self {
             status: AtomicU32::new(0),
+            needs_reset: AtomicBool::new(false),
             line,
         }
     }
@@ -57,6 +61,23 @@ impl VirtioInterrupt {
     /// Tell the driver the device configuration changed.
     pub fn signal_config_change(&self) {
         self.signal(VIRTIO_MMIO_INT_CONFIG);
+    }
+
+    /// The device cannot go on with the driver's rings (an available ring it cannot read):
+    /// the transport shows `DEVICE_NEEDS_RESET` from now until the driver resets the
+    /// device, and the driver is told with a configuration-change interrupt (virtio 1.2,
+    /// 2.1.2). Returns whether this call set it (false if it was already set).
+    pub fn signal_needs_reset(&self) -> bool {
+        if self.needs_reset.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        self.signal_config_change();
+        true
+    }
+
+    /// Whether the device asked for a reset since the last one.
+    pub fn needs_reset(&self) -> bool {
+        self.needs_reset.load(Ordering::SeqCst)
     }
 
     fn signal(&self, bit: u32) {
@@ -79,6 +100,7 @@ impl VirtioInterrupt {
     /// Clear all pending status (device reset).
     pub fn reset(&self) {
         self.status.store(0, Ordering::SeqCst);
+        self.needs_reset.store(false, Ordering::SeqCst);
     }
 }
 

@@ -188,6 +188,9 @@ impl QueueHandler for RngHandler {
                 Ok(mut it) => it.next(),
                 Err(e) => {
                     crate::warn_ratelimited!("virtio-rng: bad available ring: {e}");
+                    if interrupt.signal_needs_reset() {
+                        log::warn!("virtio-rng: queue is broken: device needs a reset");
+                    }
                     None
                 }
             };

@@ -103,6 +103,10 @@ pub struct Control {
     /// with an error the driver, which is resetting, never looks at).
     abort: AtomicBool,
     name: String,
+    /// Why the worker stopped serving its device (a panic in the handler), once it has.
+    failure: Mutex<Option<String>>,
+    /// Written once when `failure` is set: the VMM's event loop watches it.
+    fault: EventFd,
 }
 
 impl Control {
@@ -117,6 +121,30 @@ impl Control {
             .map_err(|_| io::Error::other(format!("{}: worker is gone", self.name)))?;
         self.yield_now.store(true, Ordering::SeqCst);
         self.wake.write(1)
+    }
+
+    /// The worker's (thread's) name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Why the worker stopped serving its device, if it has: its handler panicked. The
+    /// device is dead from then on; the VMM ends the VM.
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Readable once [`Control::failure`] is set.
+    pub fn fault_event(&self) -> &EventFd {
+        &self.fault
+    }
+
+    fn fail(&self, why: String) {
+        *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+        let _ = self.fault.write(1);
     }
 
     /// Whether the handler should return at the next request boundary (a message waits).
@@ -211,6 +239,8 @@ impl Worker {
             yield_now: AtomicBool::new(false),
             abort: AtomicBool::new(false),
             name: name.clone(),
+            failure: Mutex::new(None),
+            fault: EventFd::new(EFD_NONBLOCK)?,
         });
         let epoll = Epoll::new()?;
         epoll.ctl(
@@ -223,9 +253,28 @@ impl Worker {
             queue_evts: Vec::new(),
             control: control.clone(),
         };
-        let thread = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || run(handler, ctx, rx))?;
+        let shared = control.clone();
+        let thread = std::thread::Builder::new().name(name).spawn(move || {
+            // A panic in the handler (a bug, maybe one the guest found) must not leave a
+            // half-alive VM: record it for the VMM, which ends the VM, and keep answering
+            // the control channel (pause, stop) so that nobody waits for us forever.
+            let run =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(handler, ctx, &rx)));
+            if let Err(payload) = run {
+                let why = crate::panic_message(payload.as_ref());
+                log::error!("{}: device worker panicked: {why}", shared.name);
+                shared.fail(why);
+                for m in rx.iter() {
+                    match m {
+                        Message::Pause(ack) => {
+                            let _ = ack.send(());
+                        }
+                        Message::Stop => break,
+                        _ => {}
+                    }
+                }
+            }
+        })?;
         Ok(Worker {
             control,
             thread: Some(thread),
@@ -291,7 +340,7 @@ impl Drop for Worker {
 }
 
 /// The worker thread's loop.
-fn run(mut handler: impl QueueHandler, mut ctx: WorkerContext, rx: Receiver<Message>) {
+fn run(mut handler: impl QueueHandler, mut ctx: WorkerContext, rx: &Receiver<Message>) {
     let name = ctx.control.name.clone();
     let mut events = [EpollEvent::default(); 16];
     let mut paused = false;
@@ -397,5 +446,53 @@ pub fn read_config_space(config: &[u8], offset: u64, data: &mut [u8]) {
             .and_then(|o| config.get(o))
             .copied()
             .unwrap_or(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::CountingInterrupt;
+    use virtio_queue::{Queue, QueueT};
+    use vm_memory::GuestAddress;
+
+    /// A handler with a bug the guest can reach: it panics on the first notification.
+    struct Buggy;
+
+    impl QueueHandler for Buggy {
+        fn activate(&mut self, _q: ActiveQueues, _ctx: &mut WorkerContext) {}
+        fn queue_event(&mut self, _index: usize, _ctx: &mut WorkerContext) {
+            panic!("bug reached by the guest");
+        }
+        fn reset(&mut self, _ctx: &mut WorkerContext) {}
+    }
+
+    #[test]
+    fn a_panicking_handler_is_reported_and_the_worker_still_stops() {
+        let mut worker = Worker::spawn("buggy-test".into(), Buggy).unwrap();
+        let control = worker.control();
+        let queues = ActiveQueues {
+            mem: GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap(),
+            acked_features: 0,
+            queues: vec![Queue::new(16).unwrap()],
+            interrupt: Arc::new(VirtioInterrupt::new(Arc::new(CountingInterrupt::default()))),
+        };
+        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+        // Activation itself renotifies queue 0: the handler panics right away.
+        worker
+            .activate(queues, vec![evt.try_clone().unwrap()])
+            .unwrap();
+        assert!(crate::test_util::wait_for(|| control.failure().is_some()));
+        assert_eq!(
+            control.failure().as_deref(),
+            Some("bug reached by the guest")
+        );
+        assert_eq!(control.fault_event().read().unwrap(), 1);
+        // The dead worker still answers the VMM: pause is acknowledged, reset does not
+        // fail, and dropping the worker joins its thread.
+        assert!(control.pause(Duration::from_secs(5)).unwrap());
+        control.resume().unwrap();
+        worker.reset();
+        drop(worker);
     }
 }

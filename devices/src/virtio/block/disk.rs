@@ -9,7 +9,7 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use vm_memory::bitmap::BitmapSlice;
@@ -41,14 +41,37 @@ impl DiskImage {
     /// non-blocking: two VMs writing one image would corrupt it, and a reader next to a writer
     /// would see it change underneath.
     pub(crate) fn open(path: &Path, read_only: bool) -> Result<Self, BlockError> {
+        let open_err = |source| BlockError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        // O_NONBLOCK: a FIFO opened read-only would block until a writer came. Anything but
+        // a file or block device is refused below; those are opened again, by descriptor
+        // (the same inode, no race with a rename), without the flag.
+        let probe = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(open_err)?;
+        let kind = probe
+            .metadata()
+            .map_err(|source| BlockError::Metadata {
+                path: path.to_path_buf(),
+                source,
+            })?
+            .file_type();
+        if !(kind.is_file() || kind.is_block_device()) {
+            return Err(BlockError::NotADisk {
+                path: path.to_path_buf(),
+            });
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(!read_only)
-            .open(path)
-            .map_err(|source| BlockError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
+            .open(format!("/proc/self/fd/{}", probe.as_raw_fd()))
+            .map_err(open_err)?;
+        drop(probe);
 
         let lock = if read_only {
             libc::LOCK_SH

@@ -210,6 +210,15 @@ impl QueueHandler for BlockHandler {
                 crate::error_ratelimited!("{e}");
                 // Some chains may have been used before the failure; let the driver look.
                 interrupt.signal_used_queue();
+                // The ring itself is broken: stop using it until the driver resets us.
+                if interrupt.signal_needs_reset() {
+                    log::warn!(
+                        "virtio-blk {}: queue is broken: device needs a reset",
+                        self.engine.disk.path().display()
+                    );
+                }
+                self.active = None;
+                return;
             }
         }
         if control.should_yield() {

@@ -365,6 +365,24 @@ fn other_open_errors_name_the_path() {
     .unwrap();
     assert!(matches!(err, BlockError::NotADisk { .. }), "{err}");
 
+    // A FIFO nobody writes to: a plain read-only open would block forever.
+    let fifo = std::env::temp_dir().join(format!("minivmm-blk-fifo-{}", std::process::id()));
+    let _ = std::fs::remove_file(&fifo);
+    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo reads the NUL-terminated path, which outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    for read_only in [true, false] {
+        let err = Block::new(BlockConfig {
+            path: fifo.clone(),
+            read_only,
+            serial: None,
+        })
+        .err()
+        .unwrap();
+        assert!(matches!(err, BlockError::NotADisk { .. }), "{err}");
+    }
+    std::fs::remove_file(&fifo).unwrap();
+
     let t = image(1);
     let err = Block::new(BlockConfig {
         path: t.as_path().to_path_buf(),
@@ -1370,4 +1388,43 @@ fn block_device_image() {
         ),
         (OK, 1)
     );
+}
+
+#[test]
+fn a_broken_ring_makes_the_worker_ask_for_a_reset_and_stop_using_it() {
+    let t = image(DISK_SECTORS);
+    let mut blk = block(&t, false, None);
+    let drv = Driver::new();
+    let line = Arc::new(CountingInterrupt::default());
+    let interrupt = Arc::new(VirtioInterrupt::new(line.clone()));
+    let evt = EventFd::new(0).unwrap();
+    blk.activate(ActivateContext {
+        mem: drv.mem.clone(),
+        acked_features: 0,
+        queues: vec![drv.queue()],
+        queue_events: vec![evt.try_clone().unwrap()],
+        interrupt: interrupt.clone(),
+    })
+    .unwrap();
+    // The available index claims more chains than the queue holds.
+    drv.mem
+        .write_obj(QUEUE_SIZE + 1, GuestAddress(AVAIL_RING + 2))
+        .unwrap();
+    evt.write(1).unwrap();
+    wait_for("DEVICE_NEEDS_RESET", || interrupt.needs_reset());
+    wait_for("config interrupt", || {
+        interrupt.status() & crate::virtio::VIRTIO_MMIO_INT_CONFIG != 0
+    });
+    let irqs = line.count();
+    // Repaired or not, the ring is not looked at again before a reset.
+    drv.mem
+        .write_obj(0u16, GuestAddress(AVAIL_RING + 2))
+        .unwrap();
+    evt.write(1).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(line.count(), irqs);
+    // The transport's reset clears the request along with the interrupt status.
+    blk.reset();
+    interrupt.reset();
+    assert!(!interrupt.needs_reset());
 }

@@ -323,16 +323,22 @@ impl MmioTransport {
         &self.queue_evts
     }
 
-    /// The `Status` register.
+    /// The `Status` register: what the driver set, plus `DEVICE_NEEDS_RESET` if the
+    /// transport or the device (from its worker, through the interrupt) gave up.
     pub fn status(&self) -> u32 {
-        self.status
+        if self.interrupt.needs_reset() {
+            self.status | STATUS_DEVICE_NEEDS_RESET
+        } else {
+            self.status
+        }
     }
 
     /// Whether the device was activated successfully and not reset since.
     pub fn is_activated(&self) -> bool {
+        let status = self.status();
         self.device_started
-            && self.status & STATUS_DRIVER_OK != 0
-            && self.status & STATUS_DEVICE_NEEDS_RESET == 0
+            && status & STATUS_DRIVER_OK != 0
+            && status & STATUS_DEVICE_NEEDS_RESET == 0
     }
 
     /// The device behind the transport.
@@ -628,7 +634,7 @@ impl MmioTransport {
             REG_QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| u32::from(q.max_size)),
             REG_QUEUE_READY => self.selected_queue().map_or(0, |q| u32::from(q.ready)),
             REG_INTERRUPT_STATUS => self.interrupt.status(),
-            REG_STATUS => self.status,
+            REG_STATUS => self.status(),
             // No shared memory regions: a length of all ones means "no such region".
             REG_SHM_LEN_LOW | REG_SHM_LEN_HIGH | REG_SHM_BASE_LOW | REG_SHM_BASE_HIGH => u32::MAX,
             // No device changes its configuration behind the driver's back while the

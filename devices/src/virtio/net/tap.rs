@@ -104,6 +104,8 @@ pub enum TapError {
 pub struct Tap {
     file: File,
     if_name: String,
+    /// For a TAP someone else made: the header size to put back when this fd closes.
+    restore_vnet_hdr_size: Option<i32>,
 }
 
 /// Check an interface name the way the kernel's `dev_valid_name` does: 1 to 15 bytes,
@@ -192,7 +194,11 @@ impl Tap {
         }
         let if_name = name_from_ifreq(&ifr);
         log::debug!("tap: opened {if_name}");
-        Ok(Tap { file, if_name })
+        Ok(Tap {
+            file,
+            if_name,
+            restore_vnet_hdr_size: None,
+        })
     }
 
     /// Create a new TAP with a name the kernel picks (`tap0`, `tap1`, ...).
@@ -287,7 +293,48 @@ impl Tap {
         Ok(Tap {
             file,
             if_name: self.if_name.clone(),
+            restore_vnet_hdr_size: None,
         })
+    }
+
+    /// The length of the virtio-net header the TAP expects (the kernel's default is 10).
+    pub fn vnet_hdr_size(&self) -> Result<i32, TapError> {
+        let mut value: libc::c_int = 0;
+        // SAFETY: TUNGETVNETHDRSZ writes one int through the pointer, which points to a
+        // live local. The fd is ours.
+        let ret = unsafe { libc::ioctl(self.file.as_raw_fd(), libc::TUNGETVNETHDRSZ, &mut value) };
+        if ret < 0 {
+            return Err(TapError::SetVnetHdrSize {
+                name: self.if_name.clone(),
+                size: -1,
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(value)
+    }
+
+    /// For a TAP that outlives minivmm (the user's own, persistent one): when this `Tap`
+    /// is dropped, put the header size back as it is now and clear the offloads the guest
+    /// negotiated, which is how `ip tuntap add` makes them, so the next program that
+    /// opens the TAP does not receive GSO frames it never asked for. (The kernel has no
+    /// call that reads offloads back, so "as found" means none.)
+    pub fn restore_on_drop(&mut self) -> Result<(), TapError> {
+        self.restore_vnet_hdr_size = Some(self.vnet_hdr_size()?);
+        Ok(())
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        let Some(size) = self.restore_vnet_hdr_size else {
+            return;
+        };
+        if let Err(e) = self.set_offload(0) {
+            log::warn!("tap {}: cannot clear offloads: {e}", self.if_name);
+        }
+        if let Err(e) = self.set_vnet_hdr_size(size) {
+            log::warn!("tap {}: cannot restore the header size: {e}", self.if_name);
+        }
     }
 }
 
@@ -335,5 +382,49 @@ mod tests {
         assert_eq!(name_from_ifreq(&ifr), "mvm1n0");
         let ifr = ifreq_with_name("fifteen-chars-x");
         assert_eq!(name_from_ifreq(&ifr), "fifteen-chars-x");
+    }
+
+    #[test]
+    fn a_tap_marked_restore_on_drop_is_left_as_found() {
+        if !std::path::Path::new("/dev/net/tun").exists() {
+            return;
+        }
+        // Non-persistent: it goes away with the last fd, so the test leaves nothing behind.
+        let mut tap = Tap::create("mvrestore%d").unwrap();
+        let witness = tap.try_clone().unwrap();
+        let before = witness.vnet_hdr_size().unwrap();
+        tap.restore_on_drop().unwrap();
+        tap.set_vnet_hdr_size(12).unwrap();
+        tap.set_offload(offload::TUN_F_CSUM | offload::TUN_F_TSO4)
+            .unwrap();
+        assert_eq!(witness.vnet_hdr_size().unwrap(), 12);
+        let name = tap.if_name().to_string();
+        assert!(tso_on(&name));
+        drop(tap);
+        assert_eq!(witness.vnet_hdr_size().unwrap(), before);
+        assert!(!tso_on(&name));
+    }
+
+    /// Whether TCP segmentation offload is on for `name` (`ethtool -k`'s
+    /// `tcp-segmentation-offload`), through the legacy `ETHTOOL_GTSO` request.
+    fn tso_on(name: &str) -> bool {
+        const ETHTOOL_GTSO: u32 = 0x1e;
+        #[repr(C)]
+        struct EthtoolValue {
+            cmd: u32,
+            data: u32,
+        }
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut value = EthtoolValue {
+            cmd: ETHTOOL_GTSO,
+            data: 0,
+        };
+        let mut ifr = ifreq_with_name(name);
+        ifr.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
+        // SAFETY: SIOCETHTOOL reads the ifreq and reads/writes the `ethtool_value` its
+        // data pointer names; both are locals alive for the call.
+        let ret = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut ifr) };
+        assert_eq!(ret, 0, "{}", io::Error::last_os_error());
+        value.data != 0
     }
 }

@@ -16,6 +16,7 @@ use super::tap::offload::*;
 use super::worker::Worker;
 use super::*;
 use crate::test_util::{wait_for, CountingInterrupt, DriverQueue};
+use crate::virtio::VIRTIO_MMIO_INT_CONFIG;
 use crate::virtio::{ActivateContext, GuestMemoryMmap, VirtioInterrupt};
 
 const MEM_SIZE: usize = 0x10_0000;
@@ -862,12 +863,22 @@ fn broken_rings_neither_hang_nor_panic() {
     assert_eq!(txq.used_idx(&g.mem), 1);
     assert_eq!(txq.used_elem(&g.mem, 0), (0, 0));
 
-    // An available index far ahead of what the queue can hold: nothing is processed.
+    assert!(!w.interrupt.needs_reset());
+
+    // An available index far ahead of what the queue can hold: nothing is processed, and
+    // the device asks for a reset (DEVICE_NEEDS_RESET, with a config-change interrupt).
+    let irqs = g.irqs();
     g.mem
         .write_obj(1u16.wrapping_add(QSIZE + 1), GuestAddress(txq.avail + 2))
         .unwrap();
     w.handle_tx();
     assert_eq!(txq.used_idx(&g.mem), 1);
+    assert!(w.interrupt.needs_reset());
+    assert_eq!(
+        w.interrupt.status() & VIRTIO_MMIO_INT_CONFIG,
+        VIRTIO_MMIO_INT_CONFIG
+    );
+    assert_eq!(g.irqs(), irqs + 1);
     let rxq = g.rxq;
     g.mem
         .write_obj(QSIZE + 5, GuestAddress(rxq.avail + 2))

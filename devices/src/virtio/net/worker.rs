@@ -158,7 +158,7 @@ pub(super) struct Worker {
     pub(super) mem: GuestMemoryMmap,
     pub(super) rx: Queue,
     pub(super) tx: Queue,
-    interrupt: Arc<VirtioInterrupt>,
+    pub(super) interrupt: Arc<VirtioInterrupt>,
     backend: Arc<dyn NetBackend>,
     stats: Arc<NetStats>,
     mrg_rxbuf: bool,
@@ -311,7 +311,7 @@ impl Worker {
     /// Pop and validate one RX chain; a malformed one goes straight back with length 0.
     /// Returns `false` when the guest offers no more chains.
     fn pop_rx_chain(&mut self, used: &mut bool) -> bool {
-        let Some(chain) = pop_chain(&mut self.rx, &self.mem, RX_QUEUE) else {
+        let Some(chain) = pop_chain(&mut self.rx, &self.mem, &self.interrupt, RX_QUEUE) else {
             return false;
         };
         let head = chain.head_index();
@@ -416,7 +416,7 @@ impl Worker {
     pub(super) fn process_tx(&mut self) -> bool {
         let mut used = false;
         for _ in 0..BATCH {
-            let Some(chain) = pop_chain(&mut self.tx, &self.mem, TX_QUEUE) else {
+            let Some(chain) = pop_chain(&mut self.tx, &self.mem, &self.interrupt, TX_QUEUE) else {
                 return used;
             };
             let head = chain.head_index();
@@ -470,16 +470,21 @@ impl Drop for Worker {
 
 /// The next available chain of `q`. Unlike `Queue::pop_descriptor_chain`, a broken
 /// available ring (an index the guest moved too far) is logged through the rate limiter,
-/// since the guest can make it happen at every notification.
+/// since the guest can make it happen at every notification, and the device asks the
+/// driver for a reset.
 fn pop_chain<'a>(
     q: &mut Queue,
     mem: &'a GuestMemoryMmap,
+    interrupt: &VirtioInterrupt,
     queue: usize,
 ) -> Option<DescriptorChain<&'a GuestMemoryMmap>> {
     match q.iter(mem) {
         Ok(mut iter) => iter.next(),
         Err(e) => {
             crate::warn_ratelimited!("virtio-net: queue {queue}: bad available ring: {e}");
+            if interrupt.signal_needs_reset() {
+                log::warn!("virtio-net: queue {queue} is broken: device needs a reset");
+            }
             None
         }
     }
