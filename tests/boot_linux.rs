@@ -88,6 +88,23 @@ fn guest_panic_ends_the_vm() {
 /// on: a shell loop printing a counter every 0.2 s prints nothing for the 3 s the VM is
 /// paused, then goes on. The same boot reads 64 KiB from `/dev/hwrng` twice (virtio-rng):
 /// two different full reads, and minivmm's counters show the bytes served.
+/// (name, `Seccomp:` field) of every thread of process `pid`.
+fn seccomp_of_threads(pid: u32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        out.push((field("Name:"), field("Seccomp:")));
+    }
+    out
+}
+
 #[test]
 fn console_pause_stalls_a_linux_guest_and_hwrng_gives_random_bytes() {
     let cmd = "mvtool sha256 -l HWRNG1 /dev/hwrng 0 65536; \
@@ -105,6 +122,19 @@ fn console_pause_stalls_a_linux_guest_and_hwrng_gives_random_bytes() {
         vm.console()
     );
     let count = |console: &str| console.matches("\nC").count();
+
+    // While the guest runs, every thread of minivmm is under its seccomp filter.
+    let threads = seccomp_of_threads(vm.pid());
+    let names: Vec<&str> = threads.iter().map(|(n, _)| n.as_str()).collect();
+    for want in ["minivmm", "vcpu0", "vmm", "virtio-blk", "virtio-rng"] {
+        assert!(
+            names.iter().any(|n| n.starts_with(want)),
+            "no {want} thread in {threads:?}"
+        );
+    }
+    for (name, mode) in &threads {
+        assert_eq!(mode, "2", "thread {name} has Seccomp: {mode}: {threads:?}");
+    }
 
     vm.type_in(b"\x01p");
     assert!(vm.wait_for_log("minivmm: paused"), "no pause: {}", vm.log());

@@ -18,6 +18,7 @@ use vmm::config::{
     parse_size, BlockConfig, CpuTemplate, CpuTemplateChoice, HostInterface, NetConfig, SerialMode,
     VmConfig,
 };
+use vmm::seccomp::{SeccompMode, ThreadKind};
 use vmm::VmOutcome;
 
 /// Exit codes, as documented in the README.
@@ -54,6 +55,16 @@ enum CpuTemplateArg {
     Host,
     /// Hide what the PVM instruction emulator cannot run (see the README, "PVM hosts").
     Pvm,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum SeccompArg {
+    /// Every thread gets its filter; a forbidden system call ends minivmm (exit code 4).
+    On,
+    /// Filters let everything through; the kernel logs what they would refuse (dmesg).
+    Log,
+    /// No filters.
+    Off,
 }
 
 /// Boot a Linux kernel directly on KVM.
@@ -137,6 +148,11 @@ struct Args {
     /// when the VM ends.
     #[arg(long)]
     stats: bool,
+
+    /// Seccomp filters, one per thread kind (vCPU, VMM, each device worker, this console):
+    /// only the system calls that thread needs.
+    #[arg(long, value_enum, default_value = "on")]
+    seccomp: SeccompArg,
 
     /// Log level (messages go to stderr). RUST_LOG overrides it.
     #[arg(long, value_enum, default_value = "warn")]
@@ -364,6 +380,11 @@ fn main() -> ExitCode {
         detailed_counters: args.stats,
         name: args.name,
         acpi: !args.no_acpi,
+        seccomp: match args.seccomp {
+            SeccompArg::On => SeccompMode::Enforce,
+            SeccompArg::Log => SeccompMode::Log,
+            SeccompArg::Off => SeccompMode::Off,
+        },
         ..VmConfig::new(kernel)
     };
     match run(cfg, interactive, args.shutdown_timeout, args.stats) {
@@ -391,6 +412,7 @@ fn run(
     // Before any thread exists: the VM's threads inherit the blocked signals, so only the
     // signalfd sees them.
     let signals = console::take_signals().map_err(host("signal mask"))?;
+    let seccomp = cfg.seccomp;
     let vm = vmm::VmBuilder::new(cfg)?
         .console_output(Box::new(std::io::stdout()))
         .build()?;
@@ -400,7 +422,11 @@ fn run(
     } else {
         None
     };
+    vmm::seccomp::set_violation_hook(terminal::restore);
     vm.start()?;
+    // This thread only drives the console from here on: it gets its filter too.
+    vmm::seccomp::apply_kind(ThreadKind::Frontend, "minivmm", seccomp)
+        .map_err(|e| vmm::Error::Host(e.to_string()))?;
     let stdin = interactive.then_some(libc::STDIN_FILENO);
     let ending = console::run(&vm, stdin, &signals, shutdown_timeout).map_err(host("console"))?;
     drop(_raw);
@@ -433,7 +459,7 @@ fn exit_code(ending: Ending) -> ExitCode {
             eprintln!("minivmm: guest crashed: {why}");
             ExitCode::from(exit::GUEST_CRASH)
         }
-        Ending::Vm(VmOutcome::VmmPanic(why)) => {
+        Ending::Vm(VmOutcome::VmmFailure(why)) => {
             eprintln!("minivmm: internal error, the VM was stopped: {why}");
             ExitCode::from(exit::VMM_PANIC)
         }

@@ -70,6 +70,8 @@ pub struct VmConfig {
     /// button). Without ACPI, the MP table and `virtio_mmio.device=` entries on the kernel
     /// command line do it.
     pub acpi: bool,
+    /// Seccomp filters on every thread of the VM (see [`crate::seccomp`]).
+    pub seccomp: crate::seccomp::SeccompMode,
 }
 
 impl VmConfig {
@@ -89,6 +91,7 @@ impl VmConfig {
             detailed_counters: false,
             name: None,
             acpi: true,
+            seccomp: Default::default(),
         }
     }
 

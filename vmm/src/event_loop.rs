@@ -8,7 +8,7 @@
 //! | i8042 reset             | the guest (`reboot`)              | end: [`VmOutcome::Reset`]   |
 //! | ACPI power-off          | the guest (`poweroff`, S5)        | end: [`VmOutcome::PowerOff`] |
 //! | exit slot               | a vCPU thread (crash, halt, ...)  | end with its outcome        |
-//! | worker fault            | a device worker that panicked     | end: [`VmOutcome::VmmPanic`] |
+//! | worker fault            | a device worker that panicked     | end: [`VmOutcome::VmmFailure`] |
 //! | input retry timer       | itself                            | feed queued console input   |
 //!
 //! When the VM ends it stops the vCPUs (state `Stop`, kicked out of `KVM_RUN`, joined) and
@@ -112,7 +112,7 @@ impl EventLoop {
             Err(payload) => {
                 let why = devices::panic_message(payload.as_ref());
                 log::error!("the VMM thread panicked: {why}");
-                VmOutcome::VmmPanic(format!("the VMM thread panicked: {why}"))
+                VmOutcome::VmmFailure(format!("the VMM thread panicked: {why}"))
             }
         };
         self.stop_vcpus();
@@ -183,7 +183,7 @@ impl EventLoop {
                         if let Some(w) = self.devices.workers.get(i) {
                             let _ = w.fault_event().read();
                             let why = w.failure().unwrap_or_default();
-                            self.exit.set(VmOutcome::VmmPanic(format!(
+                            self.exit.set(VmOutcome::VmmFailure(format!(
                                 "device worker {} panicked: {why}",
                                 w.name()
                             )));
@@ -403,7 +403,7 @@ mod tests {
         thread.join().unwrap();
         assert_eq!(
             shared.state(),
-            VmState::Ended(VmOutcome::VmmPanic(
+            VmState::Ended(VmOutcome::VmmFailure(
                 "device worker virtio-test0 panicked: boom".into()
             ))
         );

@@ -18,6 +18,7 @@
 //! | [`vcpu`] | a vCPU's boot state and its `KVM_RUN` loop, pause and stop |
 //! | [`vm`] | the handle, the state machine, events |
 //! | [`event_loop`] | the VMM thread: commands, device events, the end of the VM |
+//! | [`seccomp`] | the system calls each thread may make once the guest runs |
 //! | [`stats`] | KVM exit counters |
 //! | [`error`] | what can go wrong, and whose fault it is |
 //!
@@ -33,6 +34,7 @@ pub mod error;
 pub mod event_loop;
 pub mod memory;
 pub mod network;
+pub mod seccomp;
 pub mod stats;
 pub mod vcpu;
 pub mod vm;

@@ -19,6 +19,8 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+
+use crate::seccomp::{self, SeccompMode, ThreadKind};
 use std::time::{Duration, Instant};
 
 use devices::legacy::BootTimer;
@@ -44,8 +46,9 @@ pub enum VmOutcome {
     /// The guest crashed: triple fault, KVM internal or emulation error, failed entry.
     Crash(String),
     /// minivmm itself failed: a vCPU thread, a device worker or the VMM thread panicked
-    /// (a bug). The VM was stopped like any other; the text names the thread and the panic.
-    VmmPanic(String),
+    /// (a bug) or could not install its seccomp filter. The VM was stopped like any other;
+    /// the text names the thread and what happened.
+    VmmFailure(String),
 }
 
 /// Where a VM is in its life.
@@ -136,7 +139,7 @@ impl Counters {
 }
 
 /// Start thread `name` running `body`, whose outcome (if any) ends the VM. A panic in
-/// `body` is caught and ends the VM too, as [`VmOutcome::VmmPanic`]: the other threads are
+/// `body` is caught and ends the VM too, as [`VmOutcome::VmmFailure`]: the other threads are
 /// stopped and joined by the event loop, the terminal, taps and locks are released by the
 /// usual drops, instead of a half-alive VM with one dead vCPU.
 pub(crate) fn spawn_contained(
@@ -153,7 +156,7 @@ pub(crate) fn spawn_contained(
                 Err(payload) => {
                     let why = devices::panic_message(payload.as_ref());
                     log::error!("{name} panicked: {why}");
-                    exit.set(VmOutcome::VmmPanic(format!("{name} panicked: {why}")));
+                    exit.set(VmOutcome::VmmFailure(format!("{name} panicked: {why}")));
                 }
             },
         )
@@ -320,13 +323,52 @@ impl Vm {
         *self.kvm.lock().unwrap_or_else(|e| e.into_inner()) = Some(s.kvm);
         crate::vcpu::install_kick_handler()
             .map_err(|e| Error::Host(format!("signal handler: {e}")))?;
+        // Every thread's seccomp filter goes on before the guest runs: device workers
+        // (which exist since the build) now, vCPUs and the VMM thread first thing.
+        let mode = self.config.seccomp;
+        if mode != SeccompMode::Off {
+            seccomp::install_sigsys_handler()
+                .map_err(|e| Error::Host(format!("SIGSYS handler: {e}")))?;
+        }
+        let sandbox = |e: seccomp::SeccompError| Error::Host(e.to_string());
+        for (info, transport) in &self.virtio {
+            let Some(kind) = ThreadKind::for_virtio_device(info.device_type) else {
+                continue;
+            };
+            let Some(worker) = transport
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .device()
+                .worker()
+            else {
+                continue;
+            };
+            let program = seccomp::filter(kind, mode).map_err(sandbox)?;
+            let name = worker.name().to_string();
+            worker
+                .run_on_thread(
+                    Box::new(move || {
+                        seccomp::apply(kind, &name, program.as_ref()).map_err(|e| e.to_string())
+                    }),
+                    Duration::from_secs(10),
+                )
+                .map_err(|e| Error::Host(format!("{}: {e}", info.name)))?;
+        }
+        let vcpu_filter = seccomp::filter(ThreadKind::Vcpu, mode).map_err(sandbox)?;
+        let vmm_filter = seccomp::filter(ThreadKind::Vmm, mode).map_err(sandbox)?;
         let exit = Arc::new(ExitSlot::new().map_err(|e| Error::Host(format!("eventfd: {e}")))?);
         let control = Arc::new(VcpuControl::default());
         let mut threads = Vec::new();
         for (i, v) in s.vcpus.into_iter().enumerate() {
             let (control, exit) = (control.clone(), exit.clone());
-            let t = spawn_contained(format!("vcpu{i}"), exit, move || v.run(&control))
-                .map_err(|e| Error::Host(format!("spawning a vCPU thread: {e}")))?;
+            let (name, program) = (format!("vcpu{i}"), vcpu_filter.clone());
+            let t = spawn_contained(name.clone(), exit, move || {
+                if let Err(e) = seccomp::apply(ThreadKind::Vcpu, &name, program.as_ref()) {
+                    return Some(VmOutcome::VmmFailure(format!("{name}: {e}")));
+                }
+                v.run(&control)
+            })
+            .map_err(|e| Error::Host(format!("spawning a vCPU thread: {e}")))?;
             threads.push(t);
         }
         *self
@@ -353,7 +395,14 @@ impl Vm {
         );
         let thread = std::thread::Builder::new()
             .name("vmm".into())
-            .spawn(move || event_loop.run());
+            .spawn(move || {
+                if let Err(e) = seccomp::apply(ThreadKind::Vmm, "vmm", vmm_filter.as_ref()) {
+                    event_loop
+                        .exit
+                        .set(VmOutcome::VmmFailure(format!("vmm: {e}")));
+                }
+                event_loop.run()
+            });
         match thread {
             Ok(t) => {
                 *self.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
@@ -557,7 +606,7 @@ mod tests {
         t.join().unwrap();
         assert_eq!(
             exit.get(),
-            Some(VmOutcome::VmmPanic(
+            Some(VmOutcome::VmmFailure(
                 "vcpu7 panicked: unexpected exit reason".into()
             ))
         );

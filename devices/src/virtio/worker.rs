@@ -88,10 +88,14 @@ pub trait QueueHandler: Send + 'static {
 enum Message {
     Activate(ActiveQueues, Vec<EventFd>),
     Reset,
+    RunOnThread(ThreadTask, Sender<Result<(), String>>),
     Pause(Sender<()>),
     Resume,
     Stop,
 }
+
+/// Work the VMM runs on a worker's own thread (installing its seccomp filter).
+pub type ThreadTask = Box<dyn FnOnce() -> Result<(), String> + Send>;
 
 /// The shared half of a worker: how others talk to it.
 pub struct Control {
@@ -173,6 +177,17 @@ impl Control {
         let (tx, rx) = channel();
         self.send(Message::Pause(tx))?;
         Ok(rx.recv_timeout(timeout).is_ok())
+    }
+
+    /// Run `task` on the worker's thread, between two requests, and wait (at most
+    /// `timeout`) for its result. The VMM installs the worker's seccomp filter this way
+    /// before the guest starts, so the filter is on before any queue is served.
+    pub fn run_on_thread(&self, task: ThreadTask, timeout: Duration) -> Result<(), String> {
+        let (tx, rx) = channel();
+        self.send(Message::RunOnThread(task, tx))
+            .map_err(|e| e.to_string())?;
+        rx.recv_timeout(timeout)
+            .map_err(|_| format!("{}: no answer from the worker", self.name))?
     }
 
     /// Let a parked worker go on.
@@ -268,6 +283,9 @@ impl Worker {
                     match m {
                         Message::Pause(ack) => {
                             let _ = ack.send(());
+                        }
+                        Message::RunOnThread(_, reply) => {
+                            let _ = reply.send(Err("the worker panicked".into()));
                         }
                         Message::Stop => break,
                         _ => {}
@@ -388,6 +406,9 @@ fn run(mut handler: impl QueueHandler, mut ctx: WorkerContext, rx: &Receiver<Mes
                 Message::Pause(ack) => {
                     paused = true;
                     let _ = ack.send(());
+                }
+                Message::RunOnThread(task, reply) => {
+                    let _ = reply.send(task());
                 }
                 Message::Resume => paused = false,
                 Message::Stop => return,
