@@ -127,3 +127,91 @@ fn ctrl_c_goes_to_the_guest_not_to_minivmm() {
     assert_eq!(f.code(), 0, "{f}");
     assert!(cooked(&p.slave));
 }
+
+/// A guest that prints 'x' on COM1 as fast as it can, forever.
+fn chatty_kernel(dir: &minivmm_tests::TempDir) -> String {
+    #[rustfmt::skip]
+    let code = [
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xb0, b'x',             // mov al, 'x'
+        0xee,                   // out dx, al
+        0xeb, 0xfd,             // jmp out
+    ];
+    let path = dir.join("chatty.elf");
+    std::fs::write(&path, boot::loader::elf_image(0x10_0000, &code, 0x1000)).unwrap();
+    path.display().to_string()
+}
+
+/// stdout is a pipe nobody reads: the guest fills it, and the vCPU writing the console must
+/// still be stoppable, and stopped cleanly (its thread joined, not left behind in a write).
+/// SIGINT ends minivmm at once (130), SIGTERM (the power button, which this guest ignores)
+/// after the shutdown timeout (143).
+#[test]
+fn a_stdout_nobody_reads_does_not_stop_minivmm_from_handling_signals() {
+    let dir = minivmm_tests::TempDir::new("minivmm-blocked");
+    let kernel = chatty_kernel(&dir);
+    let _slot = minivmm_tests::CpuSlots::take(1);
+    for (signal, timeout, code) in [(libc::SIGINT, "30s", 130), (libc::SIGTERM, "1s", 143)] {
+        let mut child = Command::new(minivmm_bin())
+            .args([
+                "--kernel",
+                &kernel,
+                "--memory",
+                "32M",
+                "--shutdown-timeout",
+                timeout,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        // Wait until the pipe is full (64 KiB by default; a page may stay part-used): from
+        // then on every write of the guest's output would block.
+        let queued = || {
+            let mut n: libc::c_int = 0;
+            // SAFETY: FIONREAD writes one int through the pointer, a live local.
+            assert_eq!(
+                unsafe { libc::ioctl(stdout.as_raw_fd(), libc::FIONREAD, &mut n) },
+                0
+            );
+            n
+        };
+        let start = Instant::now();
+        while queued() < 65536 - 4096 {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "the guest did not fill the pipe: {} bytes",
+                queued()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // More output than the console buffer holds is pending now; give it a moment.
+        std::thread::sleep(Duration::from_millis(500));
+        // SAFETY: kill with a pid we own.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+        let sent = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                sent.elapsed() < Duration::from_secs(30),
+                "minivmm did not end within 30 s of signal {signal} while its stdout was blocked"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        assert_eq!(status.code(), Some(code), "{stderr}");
+        // Every vCPU stopped and was joined: none was left behind, stuck in a write.
+        assert!(!stderr.contains("did not stop"), "{stderr}");
+        drop(stdout);
+    }
+}

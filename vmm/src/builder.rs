@@ -34,7 +34,7 @@ use crate::device_manager::DeviceManager;
 use crate::stats::ExitCounters;
 use crate::vcpu::{BootSetup, Vcpu};
 use crate::vm::{Startable, Vm};
-use crate::{memory, network, Error, VmConfig};
+use crate::{console_out, memory, network, Error, VmConfig};
 use arch::layout;
 
 /// Builds one [`Vm`] from a [`VmConfig`].
@@ -150,7 +150,8 @@ impl VmBuilder {
         let cmdline = kernel_cmdline(&cfg, template, &devices.cmdline_entries())?;
         write_boot_tables(&mem, &cfg, &layout, &kernel, &cmdline, &devices)?;
         let exits = Arc::new(ExitCounters::new(cfg.detailed_counters));
-        let (pio, mmio, handles) = devices.finish();
+        let (pio, mmio, mut handles) = devices.finish();
+        handles.console = inputs.console;
         let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
         let vcpus = create_vcpus(
             &kvm,
@@ -185,6 +186,8 @@ pub struct Inputs {
     pub initrd: Option<File>,
     /// Where COM1's output goes.
     pub serial_out: Box<dyn Write + Send>,
+    /// The thread that writes `serial_out` to the real output (not with `SerialMode::None`).
+    pub console: Option<Arc<console_out::ConsoleDrain>>,
     /// The virtio devices, with the names the guest will give them, in bus order: disks,
     /// NICs, the entropy device.
     pub virtio: Vec<(String, Box<dyn VirtioDevice>)>,
@@ -349,10 +352,23 @@ pub fn open_inputs(
         )),
         SerialMode::None => Box::new(std::io::sink()),
     };
+    // Through the console-out thread, so that a blocked output never blocks a vCPU.
+    let (serial_out, console) = match &cfg.serial {
+        SerialMode::None => (serial_out, None),
+        _ => {
+            let (out, drain) = console_out::spawn(serial_out, cfg.seccomp)
+                .map_err(|e| Error::Host(format!("console output thread: {e}")))?;
+            (
+                Box::new(out) as Box<dyn Write + Send>,
+                Some(Arc::new(drain)),
+            )
+        }
+    };
     Ok(Inputs {
         kernel,
         initrd,
         serial_out,
+        console,
         virtio,
     })
 }

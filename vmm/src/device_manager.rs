@@ -177,6 +177,8 @@ pub struct DeviceHandles {
     pub workers: Vec<Arc<Control>>,
     /// The virtio devices, for their counters.
     pub virtio: Vec<(VirtioDeviceInfo, Arc<Mutex<MmioTransport>>)>,
+    /// COM1's output thread, told when the VM ends (set by the builder).
+    pub console: Option<Arc<crate::console_out::ConsoleDrain>>,
 }
 
 fn irq_line(vm: &VmFd, irq: u32) -> Result<Arc<dyn Interrupt>, DeviceError> {
@@ -318,6 +320,7 @@ impl DeviceManager {
                 .into_iter()
                 .map(|v| (v.info, v.transport))
                 .collect(),
+            console: None,
         };
         (self.pio, self.mmio, handles)
     }

@@ -115,6 +115,10 @@ impl EventLoop {
                 VmOutcome::VmmFailure(format!("the VMM thread panicked: {why}"))
             }
         };
+        // A vCPU waiting for room in a blocked console output stops waiting.
+        if let Some(c) = &self.devices.console {
+            c.close();
+        }
         self.stop_vcpus();
         // Parked workers must be able to hear their stop when the devices are dropped.
         for w in &self.devices.workers {
@@ -374,6 +378,7 @@ mod tests {
             boot_timer: Arc::new(Mutex::new(BootTimer::new(Instant::now()))),
             workers: vec![worker.control()],
             virtio: Vec::new(),
+            console: None,
         };
         let shared = Arc::new(Shared::new().unwrap());
         shared.set_state(VmState::Running);

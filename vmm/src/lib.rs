@@ -12,6 +12,7 @@
 //! | [`config`] | what the user asked for ([`VmConfig`]) |
 //! | [`builder`] | config to a ready VM, step by step: files, KVM, memory, kernel, devices, boot tables, vCPUs |
 //! | [`memory`] | guest RAM and its registration with KVM |
+//! | [`console_out`] | the thread that writes the guest's console output, so a blocked stdout never blocks a vCPU |
 //! | [`device_manager`] | devices on the buses, their addresses, IRQs, irqfds and ioeventfds |
 //! | [`bus`] | which device answers a port or MMIO address |
 //! | [`network`] | host bridges and taps for virtio-net, MAC addresses |
@@ -29,6 +30,7 @@
 pub mod builder;
 pub mod bus;
 pub mod config;
+pub mod console_out;
 pub mod device_manager;
 pub mod error;
 pub mod event_loop;

@@ -13,6 +13,7 @@
 //! | `virtio-blkN`     | on a message from `Vm::start`, before any queue   | `pread`/`pwrite`, `fsync`, `fallocate` |
 //! | `virtio-netN`     | same                                              | TAP offload and header-size ioctls |
 //! | `virtio-rngN`     | same                                              | nothing more |
+//! | `console-out`     | first thing in its thread (made at build)          | nothing more |
 //! | front-end (`cli`) | after `Vm::start`                                 | `poll`, terminal ioctls |
 //!
 //! The common set is what Rust's runtime and the allocator need (memory, futexes, signals
@@ -61,6 +62,8 @@ pub enum ThreadKind {
     RngWorker,
     /// The front-end's thread that drives the VM (the cli's console loop).
     Frontend,
+    /// The thread that writes the guest's console output (`console-out`).
+    ConsoleOutput,
 }
 
 impl ThreadKind {
@@ -198,6 +201,7 @@ fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<u64>) {
             ioctls.extend(TAP_IOCTLS);
         }
         ThreadKind::RngWorker => calls.extend(epoll),
+        ThreadKind::ConsoleOutput => {}
         ThreadKind::Frontend => {
             calls.extend(epoll);
             calls.extend([
@@ -380,6 +384,7 @@ mod tests {
             ThreadKind::NetWorker,
             ThreadKind::RngWorker,
             ThreadKind::Frontend,
+            ThreadKind::ConsoleOutput,
         ] {
             for mode in [SeccompMode::Enforce, SeccompMode::Log] {
                 assert!(filter(kind, mode).unwrap().is_some());

@@ -20,6 +20,7 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
+use crate::console_out::ConsoleDrain;
 use crate::seccomp::{self, SeccompMode, ThreadKind};
 use std::time::{Duration, Instant};
 
@@ -281,6 +282,8 @@ pub struct Vm {
     exits: Arc<ExitCounters>,
     buses: (Arc<Bus>, Arc<Bus>),
     boot_timer: Arc<Mutex<BootTimer>>,
+    /// The console output's writer thread, drained when the VM is dropped.
+    console: Option<Arc<ConsoleDrain>>,
     /// The KVM VM, once the vCPUs run (see [`Startable`]); dropped last.
     kvm: Mutex<Option<(kvm_ioctls::Kvm, kvm_ioctls::VmFd)>>,
 }
@@ -301,6 +304,7 @@ impl Vm {
             wake: Arc::new(EventFd::new(EFD_NONBLOCK).map_err(host)?),
             virtio: startable.devices.virtio.clone(),
             boot_timer: startable.devices.boot_timer.clone(),
+            console: startable.devices.console.clone(),
             startable: Mutex::new(Some(startable)),
             thread: Mutex::new(None),
             config,
@@ -587,8 +591,18 @@ impl Drop for Vm {
         if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = t.join();
         }
+        // The guest's last words reach stdout before the front-end exits, unless stdout is
+        // blocked: then they are given up after a while.
+        if let Some(c) = &self.console {
+            if !c.finish(CONSOLE_DRAIN_TIMEOUT) {
+                log::warn!("console: output still blocked; the rest of it is dropped");
+            }
+        }
     }
 }
+
+/// How long dropping a VM waits for its buffered console output to be written.
+pub const CONSOLE_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[cfg(test)]
 mod tests {
