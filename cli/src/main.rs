@@ -15,8 +15,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use console::Ending;
 use vmm::config::{
-    parse_size, BlockConfig, CpuTemplate, CpuTemplateChoice, HostInterface, NetConfig, SerialMode,
-    VmConfig,
+    parse_rate, parse_size, BlockConfig, CpuTemplate, CpuTemplateChoice, HostInterface, NetConfig,
+    RateLimit, SerialMode, VmConfig,
 };
 use vmm::seccomp::{SeccompMode, ThreadKind};
 use vmm::VmOutcome;
@@ -216,6 +216,7 @@ fn parse_rng(s: &str) -> Result<RngArg, String> {
 fn parse_net(s: &str) -> Result<NetConfig, String> {
     let mut backend = None;
     let mut mac = None;
+    let mut limit = RateLimit::default();
     for opt in s.split(',') {
         match opt.split_once('=') {
             Some(("tap", name)) if !name.is_empty() => {
@@ -225,15 +226,17 @@ fn parse_net(s: &str) -> Result<NetConfig, String> {
                 backend = Some(HostInterface::Bridge(br.to_string()))
             }
             Some(("mac", m)) => mac = Some(vmm::network::parse_mac(m).map_err(|e| e.to_string())?),
+            Some(("bw", rate)) => limit.bytes_per_sec = Some(parse_rate(rate)?),
+            Some(("pps", rate)) => limit.ops_per_sec = Some(parse_rate(rate)?),
             _ => {
                 return Err(format!(
-                    "'{opt}': expected tap=NAME or bridge=BR, and mac=MAC"
+                    "'{opt}': expected tap=NAME or bridge=BR, and mac=MAC, bw=BYTES/s, pps=N"
                 ))
             }
         }
     }
     let host = backend.ok_or_else(|| format!("'{s}': needs tap=NAME or bridge=BR"))?;
-    Ok(NetConfig { host, mac })
+    Ok(NetConfig { host, mac, limit })
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -276,15 +279,19 @@ fn parse_disk(s: &str) -> Result<BlockConfig, String> {
         path: PathBuf::from(path),
         read_only: false,
         serial: None,
+        limit: Default::default(),
     };
     for opt in parts {
         match opt.split_once('=') {
             Some(("readonly", "on")) => disk.read_only = true,
             Some(("readonly", "off")) => disk.read_only = false,
             Some(("serial", id)) => disk.serial = Some(id.to_string()),
+            Some(("bw", rate)) => disk.limit.bytes_per_sec = Some(parse_rate(rate)?),
+            Some(("iops", rate)) => disk.limit.ops_per_sec = Some(parse_rate(rate)?),
             _ => {
                 return Err(format!(
-                    "unknown disk option '{opt}' (readonly=on|off, serial=ID)"
+                    "unknown disk option '{opt}' (readonly=on|off, serial=ID, bw=BYTES/s, \
+                     iops=N)"
                 ))
             }
         }

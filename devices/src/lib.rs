@@ -42,6 +42,7 @@ impl Interrupt for EventFdInterrupt {
 }
 
 pub mod legacy;
+pub mod rate_limiter;
 pub mod ratelimit;
 #[cfg(test)]
 pub(crate) mod test_util;

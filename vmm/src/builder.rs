@@ -332,8 +332,8 @@ pub fn open_inputs(
             .mac
             .unwrap_or_else(|| network::derive_mac(&cfg.mac_seed(), index as u32));
         let tap_name = tap.name().to_string();
-        let net =
-            Net::new(tap.into_tap(), mac).map_err(|source| Error::NetDevice { index, source })?;
+        let net = Net::new_limited(tap.into_tap(), mac, n.limit)
+            .map_err(|source| Error::NetDevice { index, source })?;
         log::info!(
             "eth{index}: tap {tap_name}, MAC {}",
             devices::virtio::net::format_mac(&mac)
@@ -620,6 +620,7 @@ mod tests {
             path: "/disk".into(),
             read_only,
             serial: None,
+            limit: Default::default(),
         }
     }
 

@@ -2,6 +2,7 @@
 //! syntax by the CLI. The VMM checks the rest (files exist, sizes fit the host) when it
 //! builds the VM, and reports problems as [`crate::Error`]s of the "bad input" class.
 
+pub use devices::rate_limiter::{parse_rate, RateLimit};
 use std::path::PathBuf;
 
 /// Where the guest's serial console (COM1) goes.
@@ -36,6 +37,8 @@ pub struct NetConfig {
     pub host: HostInterface,
     /// The guest's MAC; derived from the VM and interface index when absent.
     pub mac: Option<[u8; 6]>,
+    /// Each direction's limit, bytes and frames per second (`bw=`, `pps=`).
+    pub limit: RateLimit,
 }
 
 /// Everything needed to build and run one VM.

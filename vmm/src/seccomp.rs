@@ -193,11 +193,13 @@ fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<u64>) {
                 libc::SYS_fsync,
                 libc::SYS_fdatasync,
                 libc::SYS_fallocate,
+                // The rate limiter's timer.
+                libc::SYS_timerfd_settime,
             ]);
         }
         ThreadKind::NetWorker => {
             calls.extend(epoll);
-            calls.extend([libc::SYS_readv, libc::SYS_writev]);
+            calls.extend([libc::SYS_readv, libc::SYS_writev, libc::SYS_timerfd_settime]);
             ioctls.extend(TAP_IOCTLS);
         }
         ThreadKind::RngWorker => calls.extend(epoll),

@@ -6,6 +6,8 @@
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
@@ -14,6 +16,7 @@ use vm_memory::{Bytes, GuestAddress};
 use super::disk::DiskImage;
 use super::request::{parse_request, Request, RequestKind};
 use super::{BlockCounters, SECTOR_SHIFT, SECTOR_SIZE};
+use crate::rate_limiter::RateLimiter;
 use crate::virtio::GuestMemoryMmap;
 
 /// Why the queue could not be drained.
@@ -36,6 +39,8 @@ pub(crate) struct Engine {
     pub(crate) id: [u8; VIRTIO_BLK_ID_BYTES as usize],
     /// What the device has done.
     pub(crate) counters: BlockCounters,
+    /// Bytes and requests per second, if limited (only the worker thread takes it).
+    pub(crate) limiter: Option<Mutex<RateLimiter>>,
 }
 
 impl Engine {
@@ -51,6 +56,20 @@ impl Engine {
         stop: Option<&AtomicBool>,
         abort: Option<&AtomicBool>,
     ) -> Result<bool, QueueError> {
+        self.process_queue_limited(mem, queue, stop, abort)
+            .map(|(notify, _)| notify)
+    }
+
+    /// [`Engine::process_queue`], under the device's rate limit: when the limit is reached
+    /// it stops before the next request and also returns how long to wait before calling
+    /// again (the queue keeps its requests; notifications stay off until then).
+    pub(crate) fn process_queue_limited(
+        &self,
+        mem: &GuestMemoryMmap,
+        queue: &mut Queue,
+        stop: Option<&AtomicBool>,
+        abort: Option<&AtomicBool>,
+    ) -> Result<(bool, Option<Duration>), QueueError> {
         let mut used_any = false;
         let mut pass = 0u32;
         loop {
@@ -58,7 +77,10 @@ impl Engine {
             let mut handled = 0u32;
             loop {
                 if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
-                    return Ok(used_any && queue.needs_notification(mem)?);
+                    return Ok((used_any && queue.needs_notification(mem)?, None));
+                }
+                if let Some(wait) = self.limit_wait() {
+                    return Ok((used_any && queue.needs_notification(mem)?, Some(wait)));
                 }
                 let Some(chain) = queue.iter(mem)?.next() else {
                     break;
@@ -80,7 +102,18 @@ impl Engine {
             }
             pass += 1;
         }
-        Ok(used_any && queue.needs_notification(mem)?)
+        Ok((used_any && queue.needs_notification(mem)?, None))
+    }
+
+    fn limit_wait(&self) -> Option<Duration> {
+        let l = self.limiter.as_ref()?;
+        l.lock().unwrap_or_else(|e| e.into_inner()).wait()
+    }
+
+    fn limit_charge(&self, bytes: u64) {
+        if let Some(l) = &self.limiter {
+            l.lock().unwrap_or_else(|e| e.into_inner()).charge(1, bytes);
+        }
     }
 
     /// Handle one chain; returns the used length (bytes written into device-writable buffers).
@@ -96,6 +129,7 @@ impl Engine {
         count(&self.counters.requests, 1);
         match parse_request(mem, chain, self.capacity) {
             Ok(req) => {
+                self.limit_charge(req.data_len);
                 let (status, written) = self.execute(mem, &req, abort);
                 if status != VIRTIO_BLK_S_OK as u8 {
                     count(&self.counters.errors, 1);

@@ -25,7 +25,11 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use crate::rate_limiter::{RateLimit, RateLimiter};
+use std::os::fd::AsRawFd;
+use vmm_sys_util::timerfd::TimerFd;
 
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
@@ -79,6 +83,8 @@ pub struct BlockConfig {
     pub read_only: bool,
     /// Answer to `GET_ID` (at most 20 bytes); empty when `None`.
     pub serial: Option<String>,
+    /// Bytes and requests per second (`--disk ...,bw=,iops=`); unlimited by default.
+    pub limit: RateLimit,
 }
 
 /// Why a block device could not be created.
@@ -185,27 +191,43 @@ pub struct Block {
 pub struct BlockHandler {
     engine: Arc<Engine>,
     active: Option<SingleQueue>,
+    /// With a rate limit: the timer that ends a wait, and whether one is running.
+    timer: Option<TimerFd>,
+    timer_watched: bool,
+    throttled: bool,
 }
 
-impl QueueHandler for BlockHandler {
-    fn activate(&mut self, q: ActiveQueues, _ctx: &mut WorkerContext) {
-        // `Block::activate` checked there is exactly one ready queue.
-        self.active = q.into_single();
-    }
+/// The rate-limit timer's token in the worker's epoll set.
+const TOKEN_LIMIT_TIMER: u32 = 0;
 
-    fn queue_event(&mut self, _index: usize, ctx: &mut WorkerContext) {
+impl BlockHandler {
+    fn serve(&mut self, ctx: &mut WorkerContext) {
+        if self.throttled {
+            // The timer brings us back.
+            return;
+        }
         let Some((mem, queue, interrupt)) = self.active.as_mut() else {
             return;
         };
         let control = ctx.control();
-        match self.engine.process_queue(
+        match self.engine.process_queue_limited(
             mem,
             queue,
             Some(control.yield_flag()),
             Some(control.abort_flag()),
         ) {
-            Ok(true) => interrupt.signal_used_queue(),
-            Ok(false) => {}
+            Ok((notify, wait)) => {
+                if notify {
+                    interrupt.signal_used_queue();
+                }
+                let timer = self.timer.as_mut().filter(|_| self.timer_watched);
+                if let (Some(wait), Some(timer)) = (wait, timer) {
+                    match timer.reset(wait, None) {
+                        Ok(()) => self.throttled = true,
+                        Err(e) => log::error!("virtio-blk: rate-limit timer: {e}"),
+                    }
+                }
+            }
             Err(e) => {
                 crate::error_ratelimited!("{e}");
                 // Some chains may have been used before the failure; let the driver look.
@@ -226,9 +248,40 @@ impl QueueHandler for BlockHandler {
             ctx.renotify(0);
         }
     }
+}
+
+impl QueueHandler for BlockHandler {
+    fn activate(&mut self, q: ActiveQueues, ctx: &mut WorkerContext) {
+        // `Block::activate` checked there is exactly one ready queue.
+        self.active = q.into_single();
+        // The timer was made with the device (no new fds once the worker is sandboxed).
+        if let (Some(t), false) = (&self.timer, self.timer_watched) {
+            match ctx.add_fd(t.as_raw_fd(), TOKEN_LIMIT_TIMER) {
+                Ok(()) => self.timer_watched = true,
+                Err(e) => log::error!("virtio-blk: rate-limit timer: {e}; not limiting"),
+            }
+        }
+    }
+
+    fn queue_event(&mut self, _index: usize, ctx: &mut WorkerContext) {
+        self.serve(ctx);
+    }
+
+    fn fd_event(&mut self, _token: u32, ctx: &mut WorkerContext) {
+        // The rate-limit wait is over.
+        if let Some(t) = self.timer.as_mut() {
+            let _ = t.wait(); // readable: returns at once
+        }
+        self.throttled = false;
+        self.serve(ctx);
+    }
 
     fn reset(&mut self, _ctx: &mut WorkerContext) {
         self.active = None;
+        if let Some(t) = self.timer.as_mut() {
+            let _ = t.clear();
+        }
+        self.throttled = false;
     }
 }
 
@@ -264,11 +317,23 @@ impl Block {
             capacity,
             id,
             counters: BlockCounters::default(),
+            limiter: RateLimiter::new(config.limit).map(Mutex::new),
         });
         let name = format!("virtio-blk{}", NEXT_ID.fetch_add(1, Ordering::Relaxed));
+        let timer = if engine.limiter.is_some() {
+            Some(TimerFd::new().map_err(|e| BlockError::Worker {
+                path: config.path.clone(),
+                source: std::io::Error::from_raw_os_error(e.errno()),
+            })?)
+        } else {
+            None
+        };
         let handler = BlockHandler {
             engine: engine.clone(),
             active: None,
+            timer,
+            timer_watched: false,
+            throttled: false,
         };
         let worker = Worker::spawn(name, handler).map_err(|source| BlockError::Worker {
             path: config.path.clone(),

@@ -51,6 +51,7 @@ fn block(t: &TempFile, read_only: bool, serial: Option<&str>) -> Block {
         path: t.as_path().to_path_buf(),
         read_only,
         serial: serial.map(str::to_string),
+        limit: Default::default(),
     })
     .unwrap()
 }
@@ -303,6 +304,7 @@ fn odd_sized_image_is_refused() {
         path: t.as_path().to_path_buf(),
         read_only: false,
         serial: None,
+        limit: Default::default(),
     })
     .err()
     .unwrap();
@@ -320,6 +322,7 @@ fn locked_image_is_refused() {
         path: t.as_path().to_path_buf(),
         read_only,
         serial: None,
+        limit: Default::default(),
     };
     let err = Block::new(cfg(false)).err().unwrap();
     assert!(matches!(err, BlockError::Locked { .. }), "{err}");
@@ -350,6 +353,7 @@ fn other_open_errors_name_the_path() {
         path: "/nonexistent/disk.img".into(),
         read_only: true,
         serial: None,
+        limit: Default::default(),
     })
     .err()
     .unwrap();
@@ -360,6 +364,7 @@ fn other_open_errors_name_the_path() {
         path: "/tmp".into(),
         read_only: true,
         serial: None,
+        limit: Default::default(),
     })
     .err()
     .unwrap();
@@ -376,6 +381,7 @@ fn other_open_errors_name_the_path() {
             path: fifo.clone(),
             read_only,
             serial: None,
+            limit: Default::default(),
         })
         .err()
         .unwrap();
@@ -388,6 +394,7 @@ fn other_open_errors_name_the_path() {
         path: t.as_path().to_path_buf(),
         read_only: false,
         serial: Some("x".repeat(21)),
+        limit: Default::default(),
     })
     .err()
     .unwrap();
@@ -1340,6 +1347,7 @@ fn block_device_image() {
         path: path.clone().into(),
         read_only: false,
         serial: None,
+        limit: Default::default(),
     })
     .unwrap();
     let end = std::fs::File::open(&path)

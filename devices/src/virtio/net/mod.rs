@@ -31,6 +31,8 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::rate_limiter::RateLimit;
+
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
     VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_UFO,
@@ -271,13 +273,27 @@ impl Net {
     /// A net device on `tap` with guest MAC address `mac`. Sets the TAP's vnet header size
     /// to 12 and probes which offloads it supports, to decide which features to offer.
     pub fn new(tap: Tap, mac: [u8; 6]) -> Result<Net, NetError> {
+        Self::new_limited(tap, mac, RateLimit::default())
+    }
+
+    /// [`Net::new`] with each direction limited to `limit` (bytes and frames per second).
+    pub fn new_limited(tap: Tap, mac: [u8; 6], limit: RateLimit) -> Result<Net, NetError> {
         tap.set_vnet_hdr_size(NET_HDR_LEN as i32)?;
-        Self::with_backend(Arc::new(tap), mac)
+        Self::with_backend_limited(Arc::new(tap), mac, limit)
     }
 
     /// A net device on any [`NetBackend`] (tests use a socket pair). The backend must
     /// already speak [`NET_HDR_LEN`]-byte headers.
     pub fn with_backend(backend: Arc<dyn NetBackend>, mac: [u8; 6]) -> Result<Net, NetError> {
+        Self::with_backend_limited(backend, mac, RateLimit::default())
+    }
+
+    /// [`Net::with_backend`] under a rate limit.
+    pub fn with_backend_limited(
+        backend: Arc<dyn NetBackend>,
+        mac: [u8; 6],
+        limit: RateLimit,
+    ) -> Result<Net, NetError> {
         if !is_valid_unicast_mac(&mac) {
             return Err(NetError::InvalidMac(format_mac(&mac)));
         }
@@ -289,11 +305,23 @@ impl Net {
             format_mac(&mac)
         );
         let stats = Arc::new(NetStats::default());
+        let timer = if limit.is_limited() {
+            Some(
+                vmm_sys_util::timerfd::TimerFd::new()
+                    .map_err(|e| NetError::Worker(std::io::Error::from_raw_os_error(e.errno())))?,
+            )
+        } else {
+            None
+        };
         let handler = worker::NetHandler {
             backend: backend.clone(),
             stats: stats.clone(),
             active: None,
             registered: false,
+            limit,
+            timer,
+            timer_watched: false,
+            timer_armed: false,
         };
         let worker = Worker::spawn(format!("virtio-net{id}"), handler).map_err(NetError::Worker)?;
         Ok(Net {

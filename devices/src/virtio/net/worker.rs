@@ -16,13 +16,18 @@
 
 use std::io;
 use std::ops::Range;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::time::Duration;
 
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
     VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_MRG_RXBUF,
 };
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vmm_sys_util::timerfd::TimerFd;
+
+use crate::rate_limiter::{self, RateLimit, RateLimiter};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::{
@@ -34,6 +39,8 @@ use crate::virtio::{GuestMemoryMmap, VirtioInterrupt};
 
 /// The handler's token for the backend fd.
 const TOKEN_BACKEND: u32 = 0;
+/// The rate-limit timer's token.
+const TOKEN_LIMIT_TIMER: u32 = 1;
 
 /// Frames moved per wake-up before the loop looks at its other fds again (fairness between
 /// RX, TX and the stop request when the guest or the host floods).
@@ -87,9 +94,35 @@ pub(super) struct NetHandler {
     pub(super) active: Option<Worker>,
     /// Whether the backend fd is in the worker's epoll set.
     pub(super) registered: bool,
+    /// Each direction's limit (`--net ...,bw=,pps=`).
+    pub(super) limit: RateLimit,
+    /// With a limit: the timer that ends a wait (made with the device), whether it is in
+    /// the epoll set, and whether it runs.
+    pub(super) timer: Option<TimerFd>,
+    pub(super) timer_watched: bool,
+    pub(super) timer_armed: bool,
 }
 
 impl NetHandler {
+    /// Arm the rate-limit timer if a direction asked to wait.
+    fn arm_timer(&mut self) {
+        let Some(w) = self.active.as_mut() else {
+            return;
+        };
+        let Some(wait) = w.limit_wait.take() else {
+            return;
+        };
+        if self.timer_armed || !self.timer_watched {
+            return;
+        }
+        if let Some(t) = self.timer.as_mut() {
+            match t.reset(wait, None) {
+                Ok(()) => self.timer_armed = true,
+                Err(e) => log::error!("virtio-net: rate-limit timer: {e}"),
+            }
+        }
+    }
+
     /// Bring the epoll set in line with what the queues want (the backend fd is watched
     /// only while no frame is held).
     fn sync_backend(&mut self, ctx: &mut WorkerContext) {
@@ -117,8 +150,17 @@ impl NetHandler {
 impl QueueHandler for NetHandler {
     fn activate(&mut self, q: ActiveQueues, ctx: &mut WorkerContext) {
         match Worker::new(q, self.backend.clone(), self.stats.clone()) {
-            Ok(w) => self.active = Some(w),
+            Ok(mut w) => {
+                w.set_limit(self.limit);
+                self.active = Some(w);
+            }
             Err(e) => log::error!("virtio-net: {}: {e}", self.backend.name()),
+        }
+        if let (Some(t), false) = (&self.timer, self.timer_watched) {
+            match ctx.add_fd(t.as_raw_fd(), TOKEN_LIMIT_TIMER) {
+                Ok(()) => self.timer_watched = true,
+                Err(e) => log::error!("virtio-net: rate-limit timer: {e}; not limiting"),
+            }
         }
         self.sync_backend(ctx);
     }
@@ -136,19 +178,39 @@ impl QueueHandler for NetHandler {
                 ctx.renotify(TX_QUEUE);
             }
         }
+        self.arm_timer();
         self.sync_backend(ctx);
     }
 
-    fn fd_event(&mut self, _token: u32, ctx: &mut WorkerContext) {
-        if let Some(w) = self.active.as_mut() {
+    fn fd_event(&mut self, token: u32, ctx: &mut WorkerContext) {
+        if token == TOKEN_LIMIT_TIMER {
+            if let Some(t) = self.timer.as_mut() {
+                let _ = t.wait(); // readable: returns at once
+            }
+            self.timer_armed = false;
+            if let Some(w) = self.active.as_mut() {
+                w.rx_throttled = false;
+                w.tx_throttled = false;
+                w.handle_tx();
+                if std::mem::take(&mut w.tx_more) {
+                    ctx.renotify(TX_QUEUE);
+                }
+                w.handle_rx();
+            }
+        } else if let Some(w) = self.active.as_mut() {
             w.handle_rx();
         }
+        self.arm_timer();
         self.sync_backend(ctx);
     }
 
     fn reset(&mut self, ctx: &mut WorkerContext) {
         // A frame held for want of RX buffers dies with the queues (Worker's Drop counts it).
         self.active = None;
+        if let Some(t) = self.timer.as_mut() {
+            let _ = t.clear();
+        }
+        self.timer_armed = false;
         self.sync_backend(ctx);
     }
 }
@@ -179,6 +241,13 @@ pub(super) struct Worker {
     pub(super) backend_polled: bool,
     /// TX stopped after a full batch with more chains possibly queued.
     pub(super) tx_more: bool,
+    /// Each direction's rate limiter, and whether it is waiting for its timer.
+    rx_limiter: Option<RateLimiter>,
+    tx_limiter: Option<RateLimiter>,
+    pub(super) rx_throttled: bool,
+    pub(super) tx_throttled: bool,
+    /// The longest wait a limiter asked for since the handler last looked.
+    pub(super) limit_wait: Option<Duration>,
 }
 
 impl Worker {
@@ -228,7 +297,22 @@ impl Worker {
             // The first RX pass (right after activation) decides.
             backend_polled: false,
             tx_more: false,
+            rx_limiter: None,
+            tx_limiter: None,
+            rx_throttled: false,
+            tx_throttled: false,
+            limit_wait: None,
         })
+    }
+
+    /// Limit each direction to `limit`.
+    pub(super) fn set_limit(&mut self, limit: RateLimit) {
+        self.rx_limiter = RateLimiter::new(limit);
+        self.tx_limiter = RateLimiter::new(limit);
+    }
+
+    fn note_wait(&mut self, wait: Duration) {
+        self.limit_wait = self.limit_wait.max(Some(wait));
     }
 
     /// Add or remove the backend fd from the epoll set (applied by [`NetHandler`]).
@@ -238,6 +322,10 @@ impl Worker {
 
     /// RX, then tell the guest if it got buffers back.
     pub(super) fn handle_rx(&mut self) {
+        if self.rx_throttled {
+            self.set_backend_polled(false);
+            return;
+        }
         if self.process_rx() {
             self.notify_guest(RX_QUEUE);
         }
@@ -245,6 +333,9 @@ impl Worker {
 
     /// TX, then tell the guest if it got buffers back.
     pub(super) fn handle_tx(&mut self) {
+        if self.tx_throttled {
+            return;
+        }
         if self.process_tx() {
             self.notify_guest(TX_QUEUE);
         }
@@ -267,6 +358,13 @@ impl Worker {
     pub(super) fn process_rx(&mut self) -> bool {
         let mut used = false;
         for _ in 0..BATCH {
+            if self.rx_pending.is_none() {
+                if let Some(wait) = rate_limiter::wait(&mut self.rx_limiter) {
+                    self.rx_throttled = true;
+                    self.note_wait(wait);
+                    break;
+                }
+            }
             let len = match self.rx_pending {
                 Some(len) => len,
                 None => match self.backend.read_frame(&mut self.rx_frame) {
@@ -298,13 +396,18 @@ impl Worker {
                 },
             };
             match self.deliver(len, &mut used) {
-                RxOutcome::Delivered | RxOutcome::Dropped => self.rx_pending = None,
+                RxOutcome::Delivered => {
+                    rate_limiter::charge(&mut self.rx_limiter, 1, (len - NET_HDR_LEN) as u64);
+                    self.rx_pending = None;
+                }
+                RxOutcome::Dropped => self.rx_pending = None,
                 RxOutcome::NoBuffers => break,
             }
         }
         // Poll the backend only while there is no held frame: a held frame means the guest
-        // is out of buffers, and its next RX notification wakes us instead.
-        self.set_backend_polled(self.rx_pending.is_none());
+        // is out of buffers, and its next RX notification wakes us instead. A rate limit's
+        // wait stops polling too; its timer resumes it.
+        self.set_backend_polled(self.rx_pending.is_none() && !self.rx_throttled);
         used
     }
 
@@ -416,6 +519,11 @@ impl Worker {
     pub(super) fn process_tx(&mut self) -> bool {
         let mut used = false;
         for _ in 0..BATCH {
+            if let Some(wait) = rate_limiter::wait(&mut self.tx_limiter) {
+                self.tx_throttled = true;
+                self.note_wait(wait);
+                return used;
+            }
             let Some(chain) = pop_chain(&mut self.tx, &self.mem, &self.interrupt, TX_QUEUE) else {
                 return used;
             };
@@ -425,6 +533,7 @@ impl Worker {
                     Ok(_) => {
                         NetStats::add(&self.stats.tx_frames, 1);
                         NetStats::add(&self.stats.tx_bytes, (len - NET_HDR_LEN) as u64);
+                        rate_limiter::charge(&mut self.tx_limiter, 1, (len - NET_HDR_LEN) as u64);
                     }
                     Err(e) => {
                         NetStats::add(&self.stats.tx_dropped, 1);
