@@ -6,6 +6,7 @@
 #     end-to-end deadline by it,
 #   - unit tests, KVM integration tests (tiny guests) and end-to-end tests (Linux guests),
 #     with cargo-nextest where it is installed (cargo test otherwise),
+#   - a few seconds of each fuzz target (fuzz/smoke.sh; full runs only),
 #   - prints a summary: boots, seconds per boot, the speed factor, the slowest tests.
 # Needs root (KVM, tap devices, network namespaces). Extra arguments go to
 # `cargo nextest run` / `cargo test`, e.g. ./test.sh -p vmm, or ./test.sh --test disk.
@@ -46,6 +47,12 @@ else
 	cargo test --release --workspace --no-fail-fast "$@" -- --test-threads="$threads" \
 		2>&1 | tee "$log" || rc=$?
 fi
+t_fuzz=$(date +%s)
+# Every fuzz target builds and runs a few seconds (only in a full run: extra arguments
+# select tests).
+if [ $# -eq 0 ]; then
+	bash fuzz/smoke.sh || rc=1
+fi
 t_end=$(date +%s)
 
 {
@@ -67,6 +74,7 @@ t_end=$(date +%s)
 	grep -E '^ +(PASS|FAIL|TIMEOUT|SIGKILL|SIGSEGV|SIGABRT|ABORT) \[' "$log" |
 		sed -E 's/^ +([A-Z]+) \[ *([0-9.]+)s\] (\([^)]*\) )?/\2 \1 /' |
 		sort -rn | awk '!seen[$0]++' | head -n 8 | sed 's/^/slowest: /' || true
-	echo "guest build ${t_guest} s, tests $((t_end - t_tests)) s, whole run $((t_end - t0)) s"
+	echo "guest build ${t_guest} s, tests $((t_fuzz - t_tests)) s," \
+		"fuzz smoke $((t_end - t_fuzz)) s, whole run $((t_end - t0)) s"
 } >&2
 exit "$rc"

@@ -151,3 +151,19 @@ fn more_virtio_devices_than_irq_lines() {
         "19 virtio devices (18 disks, 0 network interfaces, rng): at most 18",
     );
 }
+
+#[test]
+fn bad_rate_limits() {
+    bad(
+        &["--kernel", "x", "--disk", "d.img,bw=0"],
+        "rate '0' must be above zero",
+    );
+    bad(
+        &["--kernel", "x", "--disk", "d.img,iops=fast"],
+        "rate 'fast'",
+    );
+    bad(
+        &["--kernel", "x", "--net", "bridge=br0,pps=99999999999G"],
+        "too large",
+    );
+}

@@ -51,6 +51,7 @@ fn devices() -> &'static (Block, Block) {
                 path: path.clone(),
                 read_only,
                 serial: Some("fuzz".to_string()),
+                limit: Default::default(),
             })
             .expect("open fuzz image");
             // The device keeps its file descriptor; the name is only needed to open it.

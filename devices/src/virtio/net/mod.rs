@@ -88,6 +88,26 @@ pub trait NetBackend: Send + Sync {
     fn name(&self) -> &str;
 }
 
+/// Fuzzing only (`cargo fuzz` builds with `--cfg fuzzing`): run the TX and RX paths of an
+/// active device synchronously, as its worker would on notifications, on queues the fuzzer
+/// set up and with `backend` standing in for the tap. Returns the device's counters.
+#[cfg(fuzzing)]
+pub fn fuzz_process(
+    queues: super::worker::ActiveQueues,
+    backend: Arc<dyn NetBackend>,
+    limit: RateLimit,
+) -> NetStatsSnapshot {
+    let stats = Arc::new(NetStats::default());
+    if let Ok(mut w) = worker::Worker::new(queues, backend, stats.clone()) {
+        w.set_limit(limit);
+        for _ in 0..2 {
+            w.handle_tx();
+            w.handle_rx();
+        }
+    }
+    stats.snapshot()
+}
+
 impl NetBackend for Tap {
     fn read_frame(&self, buf: &mut [u8]) -> io::Result<usize> {
         self.read(buf)
