@@ -167,3 +167,18 @@ fn bad_rate_limits() {
         "too large",
     );
 }
+
+/// Bad input found after the serial output file was created: the file goes again.
+#[test]
+fn a_bad_kernel_leaves_no_serial_file_behind() {
+    let d = TempDir::new("minivmm-cli");
+    let k = text_file(&d);
+    let log = d.join("console.log");
+    let serial = format!("file:{}", log.display());
+    bad(&["--kernel", &k, "--serial", &serial], "not-a-kernel.txt");
+    assert!(!log.exists(), "{} was left behind", log.display());
+    // A file that was there before stays, as it was.
+    std::fs::write(&log, "earlier run\n").unwrap();
+    bad(&["--kernel", &k, "--serial", &serial], "not-a-kernel.txt");
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "earlier run\n");
+}

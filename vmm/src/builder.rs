@@ -135,6 +135,7 @@ impl VmBuilder {
             start,
         } = self;
         let inputs = open_inputs(&cfg, console)?;
+        let serial_created = inputs.serial_created;
         let template = cpu_template(cfg.cpu_template);
         let (kvm, vm) = create_vm()?;
         let kvm_max = kvm.get_max_vcpus();
@@ -164,7 +165,7 @@ impl VmBuilder {
             &exits,
         )?;
         log::debug!("VM built in {:?}", start.elapsed());
-        Vm::new(
+        let vm = Vm::new(
             cfg.clone(),
             Startable {
                 kvm: (kvm, vm),
@@ -174,7 +175,11 @@ impl VmBuilder {
             },
             exits,
             (pio, mmio),
-        )
+        )?;
+        if let Some(f) = serial_created {
+            f.keep();
+        }
+        Ok(vm)
     }
 }
 
@@ -188,6 +193,8 @@ pub struct Inputs {
     pub serial_out: Box<dyn Write + Send>,
     /// The thread that writes `serial_out` to the real output (not with `SerialMode::None`).
     pub console: Option<Arc<console_out::ConsoleDrain>>,
+    /// The serial output file, if minivmm created it (removed if the build fails).
+    pub serial_created: Option<RemoveOnDrop>,
     /// The virtio devices, with the names the guest will give them, in bus order: disks,
     /// NICs, the entropy device.
     pub virtio: Vec<(String, Box<dyn VirtioDevice>)>,
@@ -276,19 +283,29 @@ impl<W: Write> Write for CappedWriter<W> {
 /// Open (or create) the serial output file for appending. A FIFO without a reader would
 /// block the open, and one with a reader could block the vCPU that writes to it: only a
 /// regular file or a character device (`/dev/null`, a tty) is accepted.
-fn open_serial_file(path: &Path) -> Result<File, Error> {
+fn open_serial_file(path: &Path) -> Result<(File, Option<RemoveOnDrop>), Error> {
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let bad = |source| Error::File {
         what: "serial output file",
         path: path.display().to_string(),
         source,
     };
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(bad)?;
+    let open = |create: bool| {
+        std::fs::OpenOptions::new()
+            .create_new(create)
+            .append(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+    };
+    // Created here, the file is removed again if the VM is not built after all.
+    let (file, created) = match open(false) {
+        Ok(f) => (f, None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (
+            open(true).map_err(bad)?,
+            Some(RemoveOnDrop(path.to_path_buf())),
+        ),
+        Err(e) => return Err(bad(e)),
+    };
     let kind = file.metadata().map_err(bad)?.file_type();
     if !(kind.is_file() || kind.is_char_device()) {
         return Err(bad(std::io::Error::new(
@@ -302,7 +319,24 @@ fn open_serial_file(path: &Path) -> Result<File, Error> {
         .append(true)
         .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
         .map_err(bad)?;
-    Ok(file)
+    Ok((file, created))
+}
+
+/// A file minivmm created for this VM, removed when dropped unless [`RemoveOnDrop::keep`]
+/// was called: bad input found after the file was made leaves nothing behind.
+pub struct RemoveOnDrop(std::path::PathBuf);
+
+impl RemoveOnDrop {
+    /// The VM was built: the file stays.
+    pub fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Open every file and host resource the configuration names. Taps minivmm creates are not
@@ -343,13 +377,18 @@ pub fn open_inputs(
     if let Some(src) = &cfg.rng {
         virtio.push(("rng0".into(), Box::new(Rng::new(src).map_err(Error::Rng)?)));
     }
+    let mut serial_created = None;
     let serial_out: Box<dyn Write + Send> = match &cfg.serial {
         SerialMode::Stdio => console.unwrap_or_else(|| Box::new(std::io::sink())),
-        SerialMode::File(p) => Box::new(CappedWriter::new(
-            open_serial_file(p)?,
-            p.display().to_string(),
-            SERIAL_FILE_LIMIT,
-        )),
+        SerialMode::File(p) => {
+            let (file, created) = open_serial_file(p)?;
+            serial_created = created;
+            Box::new(CappedWriter::new(
+                file,
+                p.display().to_string(),
+                SERIAL_FILE_LIMIT,
+            ))
+        }
         SerialMode::None => Box::new(std::io::sink()),
     };
     // Through the console-out thread, so that a blocked output never blocks a vCPU.
@@ -369,6 +408,7 @@ pub fn open_inputs(
         initrd,
         serial_out,
         console,
+        serial_created,
         virtio,
     })
 }
