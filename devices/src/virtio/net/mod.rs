@@ -88,10 +88,10 @@ pub trait NetBackend: Send + Sync {
     fn name(&self) -> &str;
 }
 
-/// Fuzzing only (`cargo fuzz` builds with `--cfg fuzzing`): run the TX and RX paths of an
-/// active device synchronously, as its worker would on notifications, on queues the fuzzer
-/// set up and with `backend` standing in for the tap. Returns the device's counters.
-#[cfg(fuzzing)]
+/// For `fuzz/fuzz_targets/net_worker.rs`: run the TX and RX paths of an active device
+/// synchronously, as its worker would on notifications, on queues the fuzzer set up and
+/// with `backend` standing in for the tap. Returns the device's counters.
+#[doc(hidden)]
 pub fn fuzz_process(
     queues: super::worker::ActiveQueues,
     backend: Arc<dyn NetBackend>,
