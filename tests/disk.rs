@@ -17,46 +17,15 @@
 //! and locks the images before it creates the VM.
 
 use std::fs;
-use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use minivmm_tests::{guest_file, run, spawn, wait, CpuSlots, Finished, Guest, TempDir, MARKER};
+use minivmm_tests::{
+    guest_file, pattern, run, sha256_hex, spawn, wait, CpuSlots, Finished, Guest, TempDir, MARKER,
+};
 
 const MIB: usize = 1 << 20;
-
-/// sha256 of `data` as lowercase hex, from the host's `sha256sum`.
-fn sha256_hex(data: &[u8]) -> String {
-    let mut child = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("running sha256sum");
-    let mut stdin = child.stdin.take().unwrap();
-    let data = data.to_vec();
-    let writer = std::thread::spawn(move || stdin.write_all(&data));
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap()[..64].to_string()
-}
-
-/// `len` bytes of a seeded xorshift64 sequence: reproducible, and different at every
-/// offset, so a misplaced or dropped sector changes the hash.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
 
 /// Whether the file system under `dir` can punch holes (what minivmm's DISCARD does).
 fn can_punch_holes(dir: &TempDir) -> bool {

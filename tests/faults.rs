@@ -13,24 +13,10 @@ use std::fs;
 use std::process::Command;
 use std::time::Duration;
 
-use minivmm_tests::{Guest, NetNs, TempDir};
+use minivmm_tests::{pattern, Guest, NetNs, TempDir};
 
 const MIB: usize = 1 << 20;
 const BRIDGE: &str = "mvbr0";
-
-/// `len` bytes of a seeded xorshift64 sequence.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
 
 /// A small tmpfs mounted on a directory for the test's life: a host file system that fills.
 struct SmallFs(std::path::PathBuf);

@@ -872,3 +872,36 @@ impl Drop for NetNs {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
 }
+
+// --- test data ---------------------------------------------------------------------------
+
+/// `len` bytes of a seeded xorshift64 sequence: reproducible, and different at every
+/// offset, so a misplaced or dropped sector or segment changes the hash.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// SHA-256 of `data` as lowercase hex, by the host's `sha256sum` (coreutils).
+pub fn sha256_hex(data: &[u8]) -> String {
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("running sha256sum");
+    let mut stdin = child.stdin.take().unwrap();
+    let data = data.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}

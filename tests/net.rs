@@ -18,10 +18,9 @@
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use minivmm_tests::{guest_file, start_together, Finished, Guest, NetNs};
+use minivmm_tests::{guest_file, pattern, sha256_hex, start_together, Finished, Guest, NetNs};
 
 /// The host's address on a test bridge (given with `minivmm network create --cidr`).
 const HOST_IP: &str = "10.99.0.1";
@@ -64,40 +63,6 @@ fn seq_bytes(n: u32) -> Vec<u8> {
     s.into_bytes()
 }
 
-/// `n` bytes from a fixed xorshift generator.
-fn pseudo_random(n: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut v = Vec::with_capacity(n + 8);
-    while v.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(n);
-    v
-}
-
-/// The SHA-256 of `data` in hex, by the host's `sha256sum` (coreutils).
-fn sha256(data: &[u8]) -> String {
-    let mut c = Command::new("sha256sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("running sha256sum");
-    let mut stdin = c.stdin.take().unwrap();
-    let data = data.to_vec();
-    let w = std::thread::spawn(move || stdin.write_all(&data));
-    let out = c.wait_with_output().unwrap();
-    w.join().unwrap().unwrap();
-    assert!(out.status.success());
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 /// Shell functions for the guest commands: `up ADDR` configures eth0; `waitping ADDR`
 /// pings ADDR once a second (2 s reply timeout) until it answers, up to `tries` times,
 /// printing `PING-OK ADDR` or `PING-FAIL ADDR`. The second between tries is slept in a
@@ -136,7 +101,7 @@ fn assert_console_has(f: &Finished, needle: &str) {
 fn two_vms_ping_each_other_and_move_data_over_tcp() {
     let ns = netns_with_bridge();
     const N: u32 = 330_000;
-    let expected = sha256(&seq_bytes(N));
+    let expected = sha256_hex(&seq_bytes(N));
     let pre = guest_prelude(120);
     let vm1_cmd = format!(
         "{pre} up 10.99.0.11; waitping 10.99.0.12 || exit 1; \
@@ -195,9 +160,9 @@ fn two_vms_ping_each_other_and_move_data_over_tcp() {
 fn host_and_guest_exchange_data_over_tcp_on_a_kernel_that_finds_devices_by_acpi_alone() {
     let ns = netns_with_bridge();
     const N: u32 = 330_000;
-    let to_guest = pseudo_random(2 << 20);
+    let to_guest = pattern(0x9e37_79b9_7f4a_7c15, 2 << 20);
     let to_guest_len = to_guest.len();
-    let to_guest_sha = sha256(&to_guest);
+    let to_guest_sha = sha256_hex(&to_guest);
 
     let guest = Guest::new()
         .kernel("vmlinux-acpi-only")

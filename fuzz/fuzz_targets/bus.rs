@@ -20,11 +20,19 @@ struct Recorder {
 
 impl BusDevice for Recorder {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        assert!(offset < self.len, "offset {offset} outside a {}-byte device", self.len);
+        assert!(
+            offset < self.len,
+            "offset {offset} outside a {}-byte device",
+            self.len
+        );
         data.fill(0xab);
     }
     fn write(&mut self, offset: u64, _data: &[u8]) {
-        assert!(offset < self.len, "offset {offset} outside a {}-byte device", self.len);
+        assert!(
+            offset < self.len,
+            "offset {offset} outside a {}-byte device",
+            self.len
+        );
     }
 }
 

@@ -8,22 +8,18 @@
 
 #![no_main]
 
+mod common;
+
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use common::NoIrq;
 use devices::legacy::{AcpiPm, BootTimer, SerialDevice, I8042};
-use devices::{BusDevice, Interrupt};
+use devices::BusDevice;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-
-struct NoLine;
-impl Interrupt for NoLine {
-    fn trigger(&self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[derive(Clone, Default)]
 struct Sink(Arc<Mutex<Vec<u8>>>);
@@ -47,17 +43,25 @@ enum Target {
 
 #[derive(Arbitrary, Debug)]
 enum Op {
-    Read { target: Target, offset: u16, len: u8 },
-    Write { target: Target, offset: u16, data: Vec<u8> },
+    Read {
+        target: Target,
+        offset: u16,
+        len: u8,
+    },
+    Write {
+        target: Target,
+        offset: u16,
+        data: Vec<u8>,
+    },
 }
 
 fuzz_target!(|ops: Vec<Op>| {
     let out = Sink::default();
-    let mut serial = SerialDevice::new(Arc::new(NoLine), Box::new(out.clone()));
+    let mut serial = SerialDevice::new(Arc::new(NoIrq), Box::new(out.clone()));
     let reset = EventFd::new(EFD_NONBLOCK).unwrap();
     let mut i8042 = I8042::new(reset.try_clone().unwrap());
     let poweroff = EventFd::new(EFD_NONBLOCK).unwrap();
-    let mut pm = AcpiPm::new(poweroff.try_clone().unwrap(), Arc::new(NoLine));
+    let mut pm = AcpiPm::new(poweroff.try_clone().unwrap(), Arc::new(NoIrq));
     let mut timer = BootTimer::new(Instant::now());
     let mut sent_max = 0usize;
     for op in ops.iter().take(512) {
@@ -75,7 +79,11 @@ fuzz_target!(|ops: Vec<Op>| {
                 dev.read(u64::from(*offset), &mut buf);
                 assert_eq!(buf.len(), usize::from(*len % 16));
             }
-            Op::Write { offset, data, target } => {
+            Op::Write {
+                offset,
+                data,
+                target,
+            } => {
                 let data = &data[..data.len().min(16)];
                 if matches!(target, Target::Serial) && *offset == 0 {
                     sent_max += data.len();

@@ -9,62 +9,21 @@
 
 #![no_main]
 
-use std::collections::VecDeque;
-use std::io;
-use std::os::fd::RawFd;
-use std::sync::{Arc, Mutex};
+mod common;
 
+use std::sync::Arc;
+
+use common::{FakeTap, NoIrq};
 use devices::rate_limiter::RateLimit;
-use devices::virtio::net::{fuzz_process, NetBackend};
+use devices::virtio::net::fuzz_process;
 use devices::virtio::worker::ActiveQueues;
 use devices::virtio::{GuestMemoryMmap, VirtioInterrupt};
-use devices::Interrupt;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 const MEM: usize = 0x10000;
-
-struct NoLine;
-impl Interrupt for NoLine {
-    fn trigger(&self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// The host side: frames to deliver, and what the guest sent.
-#[derive(Default)]
-struct FakeTap {
-    incoming: Mutex<VecDeque<Vec<u8>>>,
-    sent: Mutex<usize>,
-}
-
-impl NetBackend for FakeTap {
-    fn read_frame(&self, buf: &mut [u8]) -> io::Result<usize> {
-        match self.incoming.lock().unwrap().pop_front() {
-            Some(f) => {
-                let n = f.len().min(buf.len());
-                buf[..n].copy_from_slice(&f[..n]);
-                Ok(n)
-            }
-            None => Err(io::ErrorKind::WouldBlock.into()),
-        }
-    }
-    fn write_frame(&self, buf: &[u8]) -> io::Result<usize> {
-        *self.sent.lock().unwrap() += 1;
-        Ok(buf.len())
-    }
-    fn set_offload(&self, _flags: u32) -> io::Result<()> {
-        Ok(())
-    }
-    fn poll_fd(&self) -> RawFd {
-        -1
-    }
-    fn name(&self) -> &str {
-        "fuzz"
-    }
-}
 
 #[derive(Arbitrary, Debug)]
 struct Ring {
@@ -121,7 +80,7 @@ fuzz_target!(|input: Input| {
         mem,
         acked_features: input.features,
         queues: vec![rx, tx],
-        interrupt: Arc::new(VirtioInterrupt::new(Arc::new(NoLine))),
+        interrupt: Arc::new(VirtioInterrupt::new(Arc::new(NoIrq))),
     };
     let limit = RateLimit {
         bytes_per_sec: input.limit_bytes.map(|b| u64::from(b) + 1),

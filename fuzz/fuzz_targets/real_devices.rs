@@ -10,62 +10,24 @@
 
 #![no_main]
 
-use std::collections::VecDeque;
-use std::io;
-use std::os::fd::RawFd;
+mod common;
+
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use common::{FakeTap, NoIrq};
 use devices::virtio::block::{Block, BlockConfig};
 use devices::virtio::mmio::{MmioTransport, STATUS_DRIVER_OK};
-use devices::virtio::net::{Net, NetBackend};
+use devices::virtio::net::Net;
 use devices::virtio::rng::Rng;
 use devices::virtio::{GuestMemoryMmap, VirtioDevice, VirtioInterrupt};
-use devices::{BusDevice, Interrupt};
+use devices::BusDevice;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use vm_memory::{Bytes, GuestAddress};
 
 const MEM: usize = 0x2_0000;
-
-struct NoIrq;
-impl Interrupt for NoIrq {
-    fn trigger(&self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// The host side of the NIC: a few frames to deliver; what the guest sends is dropped.
-struct FakeTap(Mutex<VecDeque<Vec<u8>>>);
-impl NetBackend for FakeTap {
-    fn read_frame(&self, buf: &mut [u8]) -> io::Result<usize> {
-        match self.0.lock().unwrap().pop_front() {
-            Some(f) => {
-                let n = f.len().min(buf.len());
-                buf[..n].copy_from_slice(&f[..n]);
-                Ok(n)
-            }
-            None => Err(io::ErrorKind::WouldBlock.into()),
-        }
-    }
-    fn write_frame(&self, buf: &[u8]) -> io::Result<usize> {
-        Ok(buf.len())
-    }
-    fn set_offload(&self, _flags: u32) -> io::Result<()> {
-        Ok(())
-    }
-    fn poll_fd(&self) -> RawFd {
-        // Never readable: frames are picked up when the guest notifies RX.
-        static NULL: OnceLock<std::fs::File> = OnceLock::new();
-        use std::os::fd::AsRawFd;
-        NULL.get_or_init(|| std::fs::File::open("/dev/null").unwrap())
-            .as_raw_fd()
-    }
-    fn name(&self) -> &str {
-        "fuzz"
-    }
-}
 
 fn image() -> PathBuf {
     static IMG: OnceLock<PathBuf> = OnceLock::new();
@@ -87,16 +49,32 @@ enum Kind {
 #[derive(Arbitrary, Debug)]
 enum Op {
     /// Reset, ACKNOWLEDGE, DRIVER, the features, FEATURES_OK.
-    Negotiate { features: u64 },
-    SetupQueue { index: u8, size_log2: u8, desc: u16, driver: u16, device: u16 },
+    Negotiate {
+        features: u64,
+    },
+    SetupQueue {
+        index: u8,
+        size_log2: u8,
+        desc: u16,
+        driver: u16,
+        device: u16,
+    },
     DriverOk,
-    Notify { queue: u8 },
+    Notify {
+        queue: u8,
+    },
     /// The guest writes its RAM (descriptors, rings, request headers).
-    Memory { addr: u16, bytes: [u8; 16] },
+    Memory {
+        addr: u16,
+        bytes: [u8; 16],
+    },
     Reset,
     PauseResume,
     /// Any register, any value.
-    Write { offset: u16, value: u32 },
+    Write {
+        offset: u16,
+        value: u32,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -123,7 +101,11 @@ fuzz_target!(|input: Input| {
         ),
         Kind::Net => {
             let frames = (0..4).map(|i| vec![i as u8; 60 + 12]).collect();
-            Box::new(Net::with_backend(Arc::new(FakeTap(Mutex::new(frames))), [2, 0, 0, 0, 0, 1]).unwrap())
+            {
+                let tap = FakeTap::default();
+                *tap.incoming.lock().unwrap() = frames;
+                Box::new(Net::with_backend(Arc::new(tap), [2, 0, 0, 0, 0, 1]).unwrap())
+            }
         }
         Kind::Rng => Box::new(Rng::new(std::path::Path::new("/dev/urandom")).unwrap()),
     };
@@ -142,10 +124,20 @@ fuzz_target!(|input: Input| {
                 wr32(&mut t, 0x20, ((features >> 32) as u32) | 1);
                 wr32(&mut t, 0x70, 11);
             }
-            Op::SetupQueue { index, size_log2, desc, driver, device } => {
+            Op::SetupQueue {
+                index,
+                size_log2,
+                desc,
+                driver,
+                device,
+            } => {
                 wr32(&mut t, 0x30, u32::from(*index % 2));
                 wr32(&mut t, 0x38, 1 << (size_log2 % 9));
-                for (lo, hi, a) in [(0x80, 0x84, desc), (0x90, 0x94, driver), (0xa0, 0xa4, device)] {
+                for (lo, hi, a) in [
+                    (0x80, 0x84, desc),
+                    (0x90, 0x94, driver),
+                    (0xa0, 0xa4, device),
+                ] {
                     wr32(&mut t, lo, u32::from(*a) & !15);
                     wr32(&mut t, hi, 0);
                 }
@@ -162,7 +154,10 @@ fuzz_target!(|input: Input| {
             Op::Reset => wr32(&mut t, 0x70, 0),
             Op::PauseResume => {
                 if let Some(c) = &control {
-                    assert!(c.pause(Duration::from_secs(10)).unwrap(), "a worker did not park");
+                    assert!(
+                        c.pause(Duration::from_secs(10)).unwrap(),
+                        "a worker did not park"
+                    );
                     c.resume().unwrap();
                 }
             }
