@@ -3,10 +3,10 @@
 //!
 //! Every limit lets a device that was idle burst for one second's worth; the measurements
 //! start after a warm-up that spends that burst, and must land within ±10 % of the limit.
-//! The limits are a quarter or less of what this guest moves unlimited on a PVM host
-//! (several MB/s of direct I/O, about 37 direct 4 KiB reads per second, some 150 KB/s of
-//! TCP), so the limit, not the emulator, sets the pace, even on a host busy with other
-//! tests.
+//! The limits are an eighth or less of what this guest moves unlimited on an idle PVM
+//! host (several MB/s of direct I/O, about 37 direct 4 KiB reads per second, some 150 KB/s
+//! of TCP), so the limit, not the emulator, sets the pace even on a host several times
+//! oversubscribed (a run at a quarter failed once with two test suites on two cores).
 
 use std::io::Read;
 use std::net::TcpListener;
@@ -16,11 +16,11 @@ use minivmm_tests::{Guest, NetNs, TempDir};
 
 const HOST_IP: &str = "10.97.0.1";
 const BRIDGE: &str = "mvrlbr0";
-const DISK_BW: u64 = 256 << 10;
-const DISK_IOPS: u64 = 10;
-const NET_BW: u64 = 32 << 10;
-/// The guest sends the text of `seq 1 SEQ_N` (about 290 KB).
-const SEQ_N: u32 = 50_000;
+const DISK_BW: u64 = 128 << 10;
+const DISK_IOPS: u64 = 5;
+const NET_BW: u64 = 16 << 10;
+/// The guest sends the text of `seq 1 SEQ_N` (about 170 KB).
+const SEQ_N: u32 = 30_000;
 
 fn seq_len(n: u32) -> usize {
     (1..=n).map(|i| i.to_string().len() + 1).sum()
@@ -55,9 +55,9 @@ fn disk_and_network_limits_hold_within_ten_percent() {
     // enough). `read u x < /proc/uptime` takes the uptime with a shell builtin.
     let cmd = format!(
         "dmesg -n 1; ip link set eth0 up && ip addr add 10.97.0.2/24 dev eth0; \
-         dd if=/dev/vdb of=/dev/null bs=64k count=12 iflag=direct 2>/dev/null; \
+         dd if=/dev/vdb of=/dev/null bs=64k count=6 iflag=direct 2>/dev/null; \
          read u x < /proc/uptime; echo bw-start=$u; \
-         dd if=/dev/vdb of=/dev/null bs=64k count=16 skip=12 iflag=direct 2>/dev/null; \
+         dd if=/dev/vdb of=/dev/null bs=64k count=8 skip=6 iflag=direct 2>/dev/null; \
          read u x < /proc/uptime; echo bw-end=$u; \
          dd if=/dev/vdc of=/dev/null bs=4k count={warm} iflag=direct 2>/dev/null; \
          read u x < /proc/uptime; echo iops-start=$u; \
@@ -67,7 +67,7 @@ fn disk_and_network_limits_hold_within_ten_percent() {
          i=0; until ping -c 1 -W 2 {HOST_IP} >/dev/null 2>&1; do i=$((i+1)); \
            [ $i -ge 60 ] && break; read -t 1 x <> /etc/wait.fifo; done; \
          mvtool send {HOST_IP} 7100 seq {SEQ_N}; echo send-status=$?",
-        ops = 2 * DISK_IOPS,
+        ops = 3 * DISK_IOPS,
         warm = 3 * DISK_IOPS,
     );
     let (bw_a, iops_a) = (
@@ -119,12 +119,12 @@ fn disk_and_network_limits_hold_within_ten_percent() {
     assert_eq!(f.code(), 0, "{f}");
     assert_eq!(f.value("send-status"), "0", "{f}");
 
-    let bw = (16u64 * 65536) as f64 / (uptime(&f, "bw-end") - uptime(&f, "bw-start"));
+    let bw = (8u64 * 65536) as f64 / (uptime(&f, "bw-end") - uptime(&f, "bw-start"));
     assert!(
         within_10_percent(bw, DISK_BW),
         "disk: {bw:.0} B/s against a limit of {DISK_BW}: {f}"
     );
-    let iops = (2 * DISK_IOPS) as f64 / (uptime(&f, "iops-end") - uptime(&f, "iops-start"));
+    let iops = (3 * DISK_IOPS) as f64 / (uptime(&f, "iops-end") - uptime(&f, "iops-start"));
     assert!(
         within_10_percent(iops, DISK_IOPS),
         "disk: {iops:.1} requests/s against a limit of {DISK_IOPS}: {f}"

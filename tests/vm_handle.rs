@@ -46,15 +46,21 @@ fn guest_code(stop_after: Option<u8>) -> Vec<u8> {
     code
 }
 
-/// A VM of the tiny guest (not started), its console, and the scratch dir with the kernel.
-fn tiny_vm(stop_after: Option<u8>, acpi: bool) -> (Vm, Capture, TempDir) {
-    let dir = TempDir::new("minivmm-handle");
+/// The tiny guest as an ELF kernel in `dir`.
+fn tiny_kernel(dir: &TempDir, stop_after: Option<u8>) -> std::path::PathBuf {
     let kernel = dir.join("tiny.elf");
     std::fs::write(
         &kernel,
         boot::loader::elf_image(0x10_0000, &guest_code(stop_after), 0x1000),
     )
     .unwrap();
+    kernel
+}
+
+/// A VM of the tiny guest (not started), its console, and the scratch dir with the kernel.
+fn tiny_vm(stop_after: Option<u8>, acpi: bool) -> (Vm, Capture, TempDir) {
+    let dir = TempDir::new("minivmm-handle");
+    let kernel = tiny_kernel(&dir, stop_after);
     let mut cfg = VmConfig::new(kernel);
     cfg.memory = 32 << 20;
     cfg.acpi = acpi;
@@ -215,12 +221,7 @@ fn a_hundred_vms_with_devices_leave_no_fd_thread_tap_or_memory_behind() {
     let ns = minivmm_tests::NetNs::new("soak");
     ns.create_bridge("mvsoakbr0", None);
     let dir = TempDir::new("minivmm-soak");
-    let kernel = dir.join("tiny.elf");
-    std::fs::write(
-        &kernel,
-        boot::loader::elf_image(0x10_0000, &guest_code(None), 0x1000),
-    )
-    .unwrap();
+    let kernel = tiny_kernel(&dir, None);
     let disk = dir.join("disk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
     let _slot = CpuSlots::take(1);

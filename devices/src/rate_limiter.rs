@@ -12,7 +12,13 @@
 //! Cf. Firecracker's `RateLimiter`, which charges before the request and also has a
 //! one-time burst; here the model is simpler: charge after, burst of one second.
 
+use std::io;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
+
+use vmm_sys_util::timerfd::TimerFd;
+
+use crate::virtio::worker::WorkerContext;
 
 /// A limit on a device: bytes and/or operations (requests, frames) per second. `None`
 /// means no limit on that dimension.
@@ -61,9 +67,11 @@ impl Bucket {
         if self.tokens > 0.0 {
             return None;
         }
-        // Just past zero, so that the timer does not fire a hair early.
-        let secs = (-self.tokens + 1.0) / self.rate;
-        Some(Duration::from_secs_f64(secs).max(Duration::from_micros(100)))
+        // Until just past zero (a timer firing a hair early would find the bucket still
+        // empty and wait again). Not a whole token past: for a bucket of operations that
+        // would let two requests through back to back.
+        let secs = -self.tokens / self.rate;
+        Some(Duration::from_secs_f64(secs) + Duration::from_micros(100))
     }
 }
 
@@ -107,6 +115,66 @@ impl RateLimiter {
         if let Some(b) = &mut self.ops {
             b.tokens -= ops as f64;
         }
+    }
+}
+
+/// The timer a device's worker sleeps on while a limit makes it wait: made with the device
+/// (no new fd once the worker is sandboxed), put in the worker's epoll set at the first
+/// activation, armed for the longest wait asked, read when it fires.
+pub struct LimitTimer {
+    timer: TimerFd,
+    watched: bool,
+    armed: bool,
+}
+
+impl LimitTimer {
+    /// A timer, not yet watched.
+    pub fn new() -> io::Result<Self> {
+        let timer = TimerFd::new().map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+        Ok(Self {
+            timer,
+            watched: false,
+            armed: false,
+        })
+    }
+
+    /// Watch it in the worker's epoll set as `token` (once; later calls do nothing).
+    pub fn watch(&mut self, ctx: &mut WorkerContext, token: u32, device: &str) {
+        if self.watched {
+            return;
+        }
+        match ctx.add_fd(self.timer.as_raw_fd(), token) {
+            Ok(()) => self.watched = true,
+            Err(e) => log::error!("{device}: rate-limit timer: {e}; not limiting"),
+        }
+    }
+
+    /// Fire in `wait`, unless it is already running (or could not be watched).
+    pub fn arm(&mut self, wait: Duration, device: &str) {
+        if self.armed || !self.watched {
+            return;
+        }
+        match self.timer.reset(wait, None) {
+            Ok(()) => self.armed = true,
+            Err(e) => log::error!("{device}: rate-limit timer: {e}"),
+        }
+    }
+
+    /// It fired (its fd is readable): consume the expiry.
+    pub fn fired(&mut self) {
+        let _ = self.timer.wait(); // readable: returns at once
+        self.armed = false;
+    }
+
+    /// Disarm it (device reset).
+    pub fn clear(&mut self) {
+        let _ = self.timer.clear();
+        self.armed = false;
+    }
+
+    /// Whether a wait is running.
+    pub fn is_armed(&self) -> bool {
+        self.armed
     }
 }
 

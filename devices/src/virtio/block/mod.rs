@@ -27,9 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::rate_limiter::{RateLimit, RateLimiter};
-use std::os::fd::AsRawFd;
-use vmm_sys_util::timerfd::TimerFd;
+use crate::rate_limiter::{LimitTimer, RateLimit, RateLimiter};
 
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
@@ -191,10 +189,8 @@ pub struct Block {
 pub struct BlockHandler {
     engine: Arc<Engine>,
     active: Option<SingleQueue>,
-    /// With a rate limit: the timer that ends a wait, and whether one is running.
-    timer: Option<TimerFd>,
-    timer_watched: bool,
-    throttled: bool,
+    /// With a rate limit: the timer that ends a wait.
+    timer: Option<LimitTimer>,
 }
 
 /// The rate-limit timer's token in the worker's epoll set.
@@ -202,7 +198,7 @@ const TOKEN_LIMIT_TIMER: u32 = 0;
 
 impl BlockHandler {
     fn serve(&mut self, ctx: &mut WorkerContext) {
-        if self.throttled {
+        if self.timer.as_ref().is_some_and(LimitTimer::is_armed) {
             // The timer brings us back.
             return;
         }
@@ -220,12 +216,8 @@ impl BlockHandler {
                 if notify {
                     interrupt.signal_used_queue();
                 }
-                let timer = self.timer.as_mut().filter(|_| self.timer_watched);
-                if let (Some(wait), Some(timer)) = (wait, timer) {
-                    match timer.reset(wait, None) {
-                        Ok(()) => self.throttled = true,
-                        Err(e) => log::error!("virtio-blk: rate-limit timer: {e}"),
-                    }
+                if let (Some(wait), Some(timer)) = (wait, self.timer.as_mut()) {
+                    timer.arm(wait, "virtio-blk");
                 }
             }
             Err(e) => {
@@ -254,12 +246,8 @@ impl QueueHandler for BlockHandler {
     fn activate(&mut self, q: ActiveQueues, ctx: &mut WorkerContext) {
         // `Block::activate` checked there is exactly one ready queue.
         self.active = q.into_single();
-        // The timer was made with the device (no new fds once the worker is sandboxed).
-        if let (Some(t), false) = (&self.timer, self.timer_watched) {
-            match ctx.add_fd(t.as_raw_fd(), TOKEN_LIMIT_TIMER) {
-                Ok(()) => self.timer_watched = true,
-                Err(e) => log::error!("virtio-blk: rate-limit timer: {e}; not limiting"),
-            }
+        if let Some(t) = self.timer.as_mut() {
+            t.watch(ctx, TOKEN_LIMIT_TIMER, "virtio-blk");
         }
     }
 
@@ -270,18 +258,16 @@ impl QueueHandler for BlockHandler {
     fn fd_event(&mut self, _token: u32, ctx: &mut WorkerContext) {
         // The rate-limit wait is over.
         if let Some(t) = self.timer.as_mut() {
-            let _ = t.wait(); // readable: returns at once
+            t.fired();
         }
-        self.throttled = false;
         self.serve(ctx);
     }
 
     fn reset(&mut self, _ctx: &mut WorkerContext) {
         self.active = None;
         if let Some(t) = self.timer.as_mut() {
-            let _ = t.clear();
+            t.clear();
         }
-        self.throttled = false;
     }
 }
 
@@ -321,9 +307,9 @@ impl Block {
         });
         let name = format!("virtio-blk{}", NEXT_ID.fetch_add(1, Ordering::Relaxed));
         let timer = if engine.limiter.is_some() {
-            Some(TimerFd::new().map_err(|e| BlockError::Worker {
+            Some(LimitTimer::new().map_err(|source| BlockError::Worker {
                 path: config.path.clone(),
-                source: std::io::Error::from_raw_os_error(e.errno()),
+                source,
             })?)
         } else {
             None
@@ -332,8 +318,6 @@ impl Block {
             engine: engine.clone(),
             active: None,
             timer,
-            timer_watched: false,
-            throttled: false,
         };
         let worker = Worker::spawn(name, handler).map_err(|source| BlockError::Worker {
             path: config.path.clone(),

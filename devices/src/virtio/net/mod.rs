@@ -326,10 +326,7 @@ impl Net {
         );
         let stats = Arc::new(NetStats::default());
         let timer = if limit.is_limited() {
-            Some(
-                vmm_sys_util::timerfd::TimerFd::new()
-                    .map_err(|e| NetError::Worker(std::io::Error::from_raw_os_error(e.errno())))?,
-            )
+            Some(crate::rate_limiter::LimitTimer::new().map_err(NetError::Worker)?)
         } else {
             None
         };
@@ -340,8 +337,6 @@ impl Net {
             registered: false,
             limit,
             timer,
-            timer_watched: false,
-            timer_armed: false,
         };
         let worker = Worker::spawn(format!("virtio-net{id}"), handler).map_err(NetError::Worker)?;
         Ok(Net {

@@ -16,7 +16,6 @@
 
 use std::io;
 use std::ops::Range;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,9 +24,8 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_MRG_RXBUF,
 };
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vmm_sys_util::timerfd::TimerFd;
 
-use crate::rate_limiter::{self, RateLimit, RateLimiter};
+use crate::rate_limiter::{self, LimitTimer, RateLimit, RateLimiter};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::{
@@ -96,11 +94,8 @@ pub(super) struct NetHandler {
     pub(super) registered: bool,
     /// Each direction's limit (`--net ...,bw=,pps=`).
     pub(super) limit: RateLimit,
-    /// With a limit: the timer that ends a wait (made with the device), whether it is in
-    /// the epoll set, and whether it runs.
-    pub(super) timer: Option<TimerFd>,
-    pub(super) timer_watched: bool,
-    pub(super) timer_armed: bool,
+    /// With a limit: the timer that ends a wait.
+    pub(super) timer: Option<LimitTimer>,
 }
 
 impl NetHandler {
@@ -109,17 +104,8 @@ impl NetHandler {
         let Some(w) = self.active.as_mut() else {
             return;
         };
-        let Some(wait) = w.limit_wait.take() else {
-            return;
-        };
-        if self.timer_armed || !self.timer_watched {
-            return;
-        }
-        if let Some(t) = self.timer.as_mut() {
-            match t.reset(wait, None) {
-                Ok(()) => self.timer_armed = true,
-                Err(e) => log::error!("virtio-net: rate-limit timer: {e}"),
-            }
+        if let (Some(wait), Some(t)) = (w.limit_wait.take(), self.timer.as_mut()) {
+            t.arm(wait, "virtio-net");
         }
     }
 
@@ -156,11 +142,8 @@ impl QueueHandler for NetHandler {
             }
             Err(e) => log::error!("virtio-net: {}: {e}", self.backend.name()),
         }
-        if let (Some(t), false) = (&self.timer, self.timer_watched) {
-            match ctx.add_fd(t.as_raw_fd(), TOKEN_LIMIT_TIMER) {
-                Ok(()) => self.timer_watched = true,
-                Err(e) => log::error!("virtio-net: rate-limit timer: {e}; not limiting"),
-            }
+        if let Some(t) = self.timer.as_mut() {
+            t.watch(ctx, TOKEN_LIMIT_TIMER, "virtio-net");
         }
         self.sync_backend(ctx);
     }
@@ -185,9 +168,8 @@ impl QueueHandler for NetHandler {
     fn fd_event(&mut self, token: u32, ctx: &mut WorkerContext) {
         if token == TOKEN_LIMIT_TIMER {
             if let Some(t) = self.timer.as_mut() {
-                let _ = t.wait(); // readable: returns at once
+                t.fired();
             }
-            self.timer_armed = false;
             if let Some(w) = self.active.as_mut() {
                 w.rx_throttled = false;
                 w.tx_throttled = false;
@@ -208,9 +190,8 @@ impl QueueHandler for NetHandler {
         // A frame held for want of RX buffers dies with the queues (Worker's Drop counts it).
         self.active = None;
         if let Some(t) = self.timer.as_mut() {
-            let _ = t.clear();
+            t.clear();
         }
-        self.timer_armed = false;
         self.sync_backend(ctx);
     }
 }
