@@ -182,3 +182,60 @@ fn a_bad_kernel_leaves_no_serial_file_behind() {
     bad(&["--kernel", &k, "--serial", &serial], "not-a-kernel.txt");
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "earlier run\n");
 }
+
+/// `--restore` takes the machine from the snapshot: flags that describe one are refused.
+#[test]
+fn restore_refuses_flags_that_describe_the_machine() {
+    let d = TempDir::new("minivmm-cli");
+    let dir = d.0.display().to_string();
+    for (flag, value) in [
+        ("--kernel", Some("vmlinux")),
+        ("--initrd", Some("initrd")),
+        ("--cmdline", Some("quiet")),
+        ("--memory", Some("1G")),
+        ("--cpus", Some("2")),
+        ("--rng", Some("none")),
+        ("--no-acpi", None),
+        ("--cpu-template", Some("host")),
+    ] {
+        let mut args = vec!["--restore", &dir, flag];
+        args.extend(value);
+        bad(&args, &format!("'{flag}"));
+    }
+}
+
+/// A restore directory that does not exist, or is a file: one line naming it. With
+/// `--api-sock`, the socket made before that is gone again.
+#[test]
+fn a_missing_restore_directory_is_bad_input() {
+    let d = TempDir::new("minivmm-cli");
+    let sock = d.join("api.sock");
+    let sock = sock.display().to_string();
+    bad(
+        &["--restore", "/nonexistent/snap", "--api-sock", &sock],
+        "--restore /nonexistent/snap",
+    );
+    let file = d.join("file");
+    std::fs::write(&file, "x").unwrap();
+    bad(
+        &["--restore", &file.display().to_string()],
+        "not a directory",
+    );
+    // An empty directory is not a snapshot (found by the VMM, after the socket exists).
+    bad(
+        &["--restore", &d.0.display().to_string(), "--api-sock", &sock],
+        "snapshot",
+    );
+    assert!(!std::path::Path::new(&sock).exists(), "socket left behind");
+}
+
+/// The client subcommands without a server: one line naming the socket, exit 2.
+#[test]
+fn clients_without_a_server_are_bad_input() {
+    let d = TempDir::new("minivmm-cli");
+    let sock = d.join("nobody.sock").display().to_string();
+    bad(&["snapshot", "--api-sock", &sock, "/tmp/snap"], &sock);
+    bad(&["status", "--api-sock", &sock], &sock);
+    bad(&["pause", "--api-sock", &sock], &sock);
+    bad(&["snapshot", "/tmp/snap"], "--api-sock");
+}

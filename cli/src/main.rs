@@ -1,11 +1,15 @@
-//! The `minivmm` command: parse the command line into a [`vmm::VmConfig`], set up logging,
-//! build and start the VM, drive it from the terminal and the signals ([`console`]), and
-//! turn how it ended into an exit code.
+//! The `minivmm` command: parse the command line into a [`vmm::VmConfig`] (or, with
+//! `--restore`, the options of a VM restored from a snapshot), set up logging, build and
+//! start the VM, serve its control API (`--api-sock`, the `api` crate) on a thread of its
+//! own, drive it from the terminal and the signals ([`console`]), and turn how it ended
+//! into an exit code. The `snapshot`, `pause`, `resume`, `stop` and `status` subcommands
+//! are clients of another minivmm's API ([`client`]).
 //!
 //! This is where a learner starts: `main` → [`vmm::VmBuilder::build`]
 //! (vmm/src/builder.rs), which opens `/dev/kvm` and walks the VM from creation to the
 //! guest's first instruction, then [`vmm::Vm::start`].
 
+mod client;
 mod console;
 mod terminal;
 
@@ -20,7 +24,7 @@ use minivmm_cli::flags::{
 };
 use vmm::config::{BlockConfig, CpuTemplate, CpuTemplateChoice, NetConfig, SerialMode, VmConfig};
 use vmm::seccomp::{SeccompMode, ThreadKind};
-use vmm::VmOutcome;
+use vmm::{RestoreOptions, VmOutcome};
 
 /// Exit codes, as documented in the README.
 mod exit {
@@ -83,8 +87,28 @@ struct Args {
     command: Option<Command>,
 
     /// Kernel image: ELF vmlinux (with or without a PVH note) or bzImage.
-    #[arg(long, value_name = "PATH", required = true)]
+    #[arg(long, value_name = "PATH", required_unless_present = "restore")]
     kernel: Option<PathBuf>,
+
+    /// Restore the VM snapshotted in DIR (`minivmm snapshot`) instead of booting a kernel.
+    /// The machine comes from the snapshot: --kernel, --initrd, --cmdline, --memory,
+    /// --cpus, --rng, --no-acpi and --cpu-template are refused with it. --disk, if given,
+    /// replaces the snapshot's images (as many, in the same order, each with the same
+    /// readonly= setting: a clone's own copies); --net its interfaces.
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with_all = [
+            "kernel", "initrd", "cmdline", "memory", "cpus", "rng", "no_acpi", "cpu_template",
+        ]
+    )]
+    restore: Option<PathBuf>,
+
+    /// Serve the VM's control API (HTTP/1.1 and JSON, see docs/api.json) on a Unix socket
+    /// at PATH, mode 0600, removed when minivmm exits. A stale socket file is replaced; a
+    /// path where something listens is refused.
+    #[arg(long, value_name = "PATH")]
+    api_sock: Option<PathBuf>,
 
     /// Initial ramdisk (initramfs cpio archive).
     #[arg(long, value_name = "PATH")]
@@ -167,6 +191,41 @@ enum Command {
         #[command(subcommand)]
         action: NetworkAction,
     },
+    /// Snapshot a running minivmm (started with --api-sock) into DIR, for --restore.
+    Snapshot {
+        /// The VM's API socket.
+        #[arg(long, value_name = "PATH", required = true)]
+        api_sock: PathBuf,
+        /// The directory to write (created; must not exist or be empty).
+        dir: PathBuf,
+        /// What the VM does once the snapshot is written.
+        #[arg(long, value_enum, default_value = "resume")]
+        then: client::Then,
+    },
+    /// Pause a running minivmm (started with --api-sock).
+    Pause {
+        /// The VM's API socket.
+        #[arg(long, value_name = "PATH", required = true)]
+        api_sock: PathBuf,
+    },
+    /// Resume a paused minivmm.
+    Resume {
+        /// The VM's API socket.
+        #[arg(long, value_name = "PATH", required = true)]
+        api_sock: PathBuf,
+    },
+    /// Stop a minivmm now (hard; it exits 0).
+    Stop {
+        /// The VM's API socket.
+        #[arg(long, value_name = "PATH", required = true)]
+        api_sock: PathBuf,
+    },
+    /// Print a minivmm's state, configuration and devices (GET /vm, as JSON).
+    Status {
+        /// The VM's API socket.
+        #[arg(long, value_name = "PATH", required = true)]
+        api_sock: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -234,54 +293,122 @@ fn main() -> ExitCode {
     init_logger(args.log_level);
     terminal::install_panic_hook();
 
-    if let Some(Command::Network { action }) = args.command {
-        let result = match &action {
-            NetworkAction::Create { bridge, cidr } => vmm::network::create_bridge(bridge, *cidr),
-            NetworkAction::Delete { bridge } => vmm::network::delete_bridge(bridge),
-        };
-        return match result {
-            Ok(()) => ExitCode::from(exit::OK),
-            Err(e) => {
-                eprintln!("minivmm: {e}");
-                ExitCode::from(exit::BAD_INPUT)
-            }
-        };
+    match args.command {
+        Some(Command::Network { action }) => {
+            let result = match &action {
+                NetworkAction::Create { bridge, cidr } => {
+                    vmm::network::create_bridge(bridge, *cidr)
+                }
+                NetworkAction::Delete { bridge } => vmm::network::delete_bridge(bridge),
+            };
+            return match result {
+                Ok(()) => ExitCode::from(exit::OK),
+                Err(e) => {
+                    eprintln!("minivmm: {e}");
+                    ExitCode::from(exit::BAD_INPUT)
+                }
+            };
+        }
+        Some(Command::Snapshot {
+            api_sock,
+            dir,
+            then,
+        }) => return ExitCode::from(client::snapshot(&api_sock, &dir, then)),
+        Some(Command::Pause { api_sock }) => {
+            return ExitCode::from(client::action(&api_sock, "pause"))
+        }
+        Some(Command::Resume { api_sock }) => {
+            return ExitCode::from(client::action(&api_sock, "resume"))
+        }
+        Some(Command::Stop { api_sock }) => {
+            return ExitCode::from(client::action(&api_sock, "stop"))
+        }
+        Some(Command::Status { api_sock }) => return ExitCode::from(client::status(&api_sock)),
+        None => {}
     }
-    let Some(kernel) = args.kernel else {
-        // clap enforces --kernel when there is no subcommand.
-        eprintln!("minivmm: --kernel is required");
-        return ExitCode::from(exit::BAD_INPUT);
+    let seccomp = match args.seccomp {
+        SeccompArg::On => SeccompMode::Enforce,
+        SeccompArg::Log => SeccompMode::Log,
+        SeccompArg::Off => SeccompMode::Off,
     };
-
-    let interactive = args.serial == SerialMode::Stdio;
-    let cfg = VmConfig {
-        initrd: args.initrd,
-        cmdline: (!args.cmdline.is_empty()).then(|| args.cmdline.join(" ")),
-        memory: args.memory,
-        cpus: args.cpus,
-        serial: args.serial,
-        cpu_template: match args.cpu_template {
-            CpuTemplateArg::Auto => CpuTemplateChoice::Auto,
-            CpuTemplateArg::Host => CpuTemplateChoice::Fixed(CpuTemplate::Host),
-            CpuTemplateArg::Pvm => CpuTemplateChoice::Fixed(CpuTemplate::Pvm),
-        },
-        disks: args.disk,
-        nets: args.net,
-        rng: match args.rng {
-            RngArg::None => None,
-            RngArg::Source(p) => Some(p),
-        },
-        detailed_counters: args.stats,
-        name: args.name,
-        acpi: !args.no_acpi,
-        seccomp: match args.seccomp {
-            SeccompArg::On => SeccompMode::Enforce,
-            SeccompArg::Log => SeccompMode::Log,
-            SeccompArg::Off => SeccompMode::Off,
-        },
-        ..VmConfig::new(kernel)
+    let source = match (args.restore, args.kernel) {
+        (Some(dir), _) => {
+            // Said here in the flag's words; what is inside is the VMM's to check.
+            if let Err(why) = std::fs::metadata(&dir).and_then(|m| {
+                if m.is_dir() {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::other("not a directory"))
+                }
+            }) {
+                eprintln!("minivmm: --restore {}: {why}", dir.display());
+                return ExitCode::from(exit::BAD_INPUT);
+            }
+            Source::Restore(
+                dir,
+                RestoreOptions {
+                    name: args.name,
+                    nets: (!args.net.is_empty()).then_some(args.net),
+                    disks: (!args.disk.is_empty()).then_some(args.disk),
+                    serial: Some(args.serial),
+                    seccomp,
+                    detailed_counters: args.stats,
+                },
+            )
+        }
+        (None, Some(kernel)) => Source::Boot(Box::new(VmConfig {
+            initrd: args.initrd,
+            cmdline: (!args.cmdline.is_empty()).then(|| args.cmdline.join(" ")),
+            memory: args.memory,
+            cpus: args.cpus,
+            serial: args.serial,
+            cpu_template: match args.cpu_template {
+                CpuTemplateArg::Auto => CpuTemplateChoice::Auto,
+                CpuTemplateArg::Host => CpuTemplateChoice::Fixed(CpuTemplate::Host),
+                CpuTemplateArg::Pvm => CpuTemplateChoice::Fixed(CpuTemplate::Pvm),
+            },
+            disks: args.disk,
+            nets: args.net,
+            rng: match args.rng {
+                RngArg::None => None,
+                RngArg::Source(p) => Some(p),
+            },
+            detailed_counters: args.stats,
+            name: args.name,
+            acpi: !args.no_acpi,
+            seccomp,
+            ..VmConfig::new(kernel)
+        })),
+        (None, None) => {
+            // clap enforces --kernel without --restore or a subcommand.
+            eprintln!("minivmm: --kernel or --restore is required");
+            return ExitCode::from(exit::BAD_INPUT);
+        }
     };
-    match run(cfg, interactive, args.shutdown_timeout, args.stats) {
+    // The socket before the VM: a path in use is bad input, found before anything exists.
+    // Dropped (the file removed) on every way out of main; see ApiServer::serve.
+    let api = match args
+        .api_sock
+        .as_deref()
+        .map(api::ApiServer::bind)
+        .transpose()
+    {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("minivmm: {e}");
+            return ExitCode::from(if e.is_bad_input() {
+                exit::BAD_INPUT
+            } else {
+                exit::VMM_ERROR
+            });
+        }
+    };
+    let opts = RunOptions {
+        seccomp,
+        shutdown_timeout: args.shutdown_timeout,
+        stats: args.stats,
+    };
+    match run(source, api.as_ref(), &opts) {
         Ok(ending) => exit_code(ending),
         Err(e) => {
             eprintln!("minivmm: {e}");
@@ -294,22 +421,53 @@ fn main() -> ExitCode {
     }
 }
 
-/// Build, start and drive the VM to its end.
-fn run(
-    cfg: VmConfig,
-    interactive: bool,
+/// What the VM is made from.
+enum Source {
+    /// A kernel to boot.
+    Boot(Box<VmConfig>),
+    /// A snapshot directory to restore, and what may change.
+    Restore(PathBuf, RestoreOptions),
+}
+
+/// How to run it.
+struct RunOptions {
+    seccomp: SeccompMode,
     shutdown_timeout: std::time::Duration,
     stats: bool,
+}
+
+/// Stops the API server when dropped (however the console loop ends), so that the scope
+/// that runs it can join its thread.
+struct StopApi<'a>(Option<&'a api::ApiServer>);
+
+impl Drop for StopApi<'_> {
+    fn drop(&mut self) {
+        if let Some(api) = self.0 {
+            api.stop();
+        }
+    }
+}
+
+/// Build (or restore), start and drive the VM to its end, serving `api` meanwhile.
+fn run(
+    source: Source,
+    api: Option<&api::ApiServer>,
+    opts: &RunOptions,
 ) -> Result<Ending, vmm::Error> {
     let host =
         |what: &'static str| move |e: std::io::Error| vmm::Error::Host(format!("{what}: {e}"));
     // Before any thread exists: the VM's threads inherit the blocked signals, so only the
     // signalfd sees them.
     let signals = console::take_signals().map_err(host("signal mask"))?;
-    let seccomp = cfg.seccomp;
-    let vm = vmm::VmBuilder::new(cfg)?
+    let seccomp = opts.seccomp;
+    let builder = match source {
+        Source::Boot(cfg) => vmm::VmBuilder::new(*cfg)?,
+        Source::Restore(dir, restore) => vmm::VmBuilder::restore(&dir, restore)?,
+    };
+    let vm = builder
         .console_output(Box::new(std::io::stdout()))
         .build()?;
+    let interactive = vm.info().config.serial == SerialMode::Stdio;
     // From here on the terminal is ours: put it back whatever happens.
     let _raw = if interactive {
         Some(terminal::RawModeGuard::new().map_err(host("terminal"))?)
@@ -318,16 +476,40 @@ fn run(
     };
     vmm::seccomp::set_violation_hook(terminal::restore);
     vm.start()?;
-    // This thread only drives the console from here on: it gets its filter too.
-    vmm::seccomp::apply_kind(ThreadKind::Frontend, "minivmm", seccomp)
-        .map_err(|e| vmm::Error::Host(e.to_string()))?;
-    let stdin = interactive.then_some(libc::STDIN_FILENO);
-    let ending = console::run(&vm, stdin, &signals, shutdown_timeout).map_err(host("console"))?;
-    drop(_raw);
-    if stats {
-        eprint!("{}", vm.counters().report());
-    }
-    Ok(ending)
+    std::thread::scope(|scope| {
+        // Whatever ends the console loop (or fails before it) stops the API thread, and
+        // the scope joins it: the socket file is gone when run returns.
+        let _stop_api = StopApi(api);
+        if let Some(api) = api {
+            let vm = &vm;
+            std::thread::Builder::new()
+                .name("api".into())
+                .spawn_scoped(scope, move || {
+                    // A failure or a panic (a bug) of the API costs the API, not the VM;
+                    // either way serve has removed the socket file.
+                    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        api.serve(vm, seccomp)
+                    }));
+                    match served {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => log::error!("{e}; the VM runs on without its API"),
+                        Err(_) => log::error!("the API thread panicked; the VM runs on"),
+                    }
+                })
+                .map_err(host("spawning the API thread"))?;
+        }
+        // This thread only drives the console from here on: it gets its filter too.
+        vmm::seccomp::apply_kind(ThreadKind::Frontend, "minivmm", seccomp)
+            .map_err(|e| vmm::Error::Host(e.to_string()))?;
+        let stdin = interactive.then_some(libc::STDIN_FILENO);
+        let ending =
+            console::run(&vm, stdin, &signals, opts.shutdown_timeout).map_err(host("console"))?;
+        drop(_raw);
+        if opts.stats {
+            eprint!("{}", vm.counters().report());
+        }
+        Ok(ending)
+    })
 }
 
 fn exit_code(ending: Ending) -> ExitCode {

@@ -5,7 +5,9 @@
 //! 2. [`open_inputs`]: every file and host resource the user named (kernel, initrd, disks,
 //!    taps, entropy source), so that bad input is reported before anything is created;
 //! 3. [`create_vm`]: `/dev/kvm`, a VM with the in-kernel interrupt controllers and PIT;
-//! 4. [`attach_memory`]: guest RAM, registered with KVM;
+//! 4. [`memory::create`]: guest RAM, registered with KVM ([`memory::register`]) on a
+//!    helper thread while the next steps run (KVM makes the first registration wait
+//!    for a grace period of its own locking; nothing before the first `KVM_RUN` needs it);
 //! 5. [`load_kernel`]: the kernel and the initrd into guest memory;
 //! 6. [`attach_devices`]: COM1, i8042, ACPI PM, boot timer, then every virtio device;
 //! 7. [`kernel_cmdline`] and [`write_boot_tables`]: the command line, the MP table, the ACPI
@@ -43,6 +45,8 @@ pub struct VmBuilder {
     layout: MemoryLayout,
     console: Option<Box<dyn Write + Send>>,
     start: Instant,
+    /// Restore this snapshot instead of booting.
+    snapshot: Option<crate::snapshot::Loaded>,
 }
 
 /// How many virtio devices fit: one IRQ line each (the IOAPIC's pins between the legacy
@@ -110,6 +114,7 @@ impl VmBuilder {
             layout,
             console: None,
             start: Instant::now(),
+            snapshot: None,
         })
     }
 
@@ -118,6 +123,17 @@ impl VmBuilder {
     pub fn console_output(mut self, out: Box<dyn Write + Send>) -> Self {
         self.console = Some(out);
         self
+    }
+
+    /// A builder for a VM restored from the snapshot in `dir` (see [`crate::snapshot`]):
+    /// no kernel is loaded and nothing boots; the VM resumes where the snapshot was taken
+    /// once started.
+    pub fn restore(dir: &Path, opts: crate::RestoreOptions) -> Result<Self, Error> {
+        let loaded = crate::snapshot::load(dir)?;
+        let cfg = loaded.config(&opts)?;
+        let mut builder = Self::new(cfg)?;
+        builder.snapshot = Some(loaded);
+        Ok(builder)
     }
 
     /// Count from `start` for the boot time (default: when the builder was made).
@@ -133,11 +149,18 @@ impl VmBuilder {
             layout,
             console,
             start,
+            snapshot,
         } = self;
+        if let Some(snapshot) = snapshot {
+            return build_restored(cfg, console, start, snapshot);
+        }
         let inputs = open_inputs(&cfg, console)?;
+        let kernel_file = inputs
+            .kernel
+            .ok_or_else(|| Error::Host("no kernel".into()))?;
         let serial_created = inputs.serial_created;
         let template = cpu_template(cfg.cpu_template);
-        let (kvm, vm) = create_vm()?;
+        let (kvm, vm) = open_kvm()?;
         let kvm_max = kvm.get_max_vcpus();
         if usize::from(cfg.cpus) > kvm_max {
             return Err(Error::Config(format!(
@@ -145,25 +168,41 @@ impl VmBuilder {
                 cfg.cpus
             )));
         }
-        let mem = attach_memory(&vm, &layout)?;
-        let kernel = load_kernel(&mem, &cfg, inputs.kernel, inputs.initrd)?;
-        let devices = attach_devices(&vm, &mem, start, inputs.serial_out, inputs.virtio)?;
-        let cmdline = kernel_cmdline(&cfg, template, &devices.cmdline_entries())?;
-        write_boot_tables(&mem, &cfg, &layout, &kernel, &cmdline, &devices)?;
-        let exits = Arc::new(ExitCounters::new(cfg.detailed_counters));
-        let (pio, mmio, mut handles) = devices.finish();
-        handles.console = inputs.console;
-        let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
-        let vcpus = create_vcpus(
-            &kvm,
-            &vm,
-            &mem,
-            &cfg,
-            template,
-            &kernel,
-            (&pio, &mmio),
-            &exits,
-        )?;
+        let mem = memory::create(&layout)?;
+        // Registering guest RAM with KVM waits for the new VM's first SRCU grace period
+        // (milliseconds, idle): do it on a helper thread while this one loads the kernel
+        // and makes the devices and vCPUs, none of which needs the memory slots.
+        let (vcpus, exits, pio, mmio, handles) = std::thread::scope(|scope| {
+            let registered = scope.spawn(|| memory::register(&vm, &mem));
+            let built = (|| {
+                add_interrupt_controllers(&vm)?;
+                let kernel = load_kernel(&mem, &cfg, kernel_file, inputs.initrd)?;
+                let devices = attach_devices(&vm, &mem, start, inputs.serial_out, inputs.virtio)?;
+                let cmdline = kernel_cmdline(&cfg, template, &devices.cmdline_entries())?;
+                write_boot_tables(&mem, &cfg, &layout, &kernel, &cmdline, &devices)?;
+                let exits = Arc::new(ExitCounters::new(cfg.detailed_counters));
+                let (pio, mmio, mut handles) = devices.finish();
+                handles.console = inputs.console;
+                let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
+                let vcpus = create_vcpus(
+                    &kvm,
+                    &vm,
+                    &mem,
+                    &cfg,
+                    template,
+                    &kernel,
+                    (&pio, &mmio),
+                    &exits,
+                )?;
+                Ok::<_, Error>((vcpus, exits, pio, mmio, handles))
+            })();
+            let registered = registered
+                .join()
+                .unwrap_or(Err(memory::MemoryError::RegisterPanicked));
+            let built = built?;
+            registered?;
+            Ok::<_, Error>(built)
+        })?;
         log::debug!("VM built in {:?}", start.elapsed());
         let vm = Vm::new(
             cfg.clone(),
@@ -175,6 +214,7 @@ impl VmBuilder {
             },
             exits,
             (pio, mmio),
+            (mem, false),
         )?;
         if let Some(f) = serial_created {
             f.keep();
@@ -183,10 +223,95 @@ impl VmBuilder {
     }
 }
 
+/// [`VmBuilder::build`] for a snapshot: the same machine as a boot builds, with guest
+/// memory mapped from the snapshot and every device, vCPU and the VM's interrupt
+/// controllers, PIT and clock put back in their saved state instead of a kernel loaded.
+fn build_restored(
+    cfg: VmConfig,
+    console: Option<Box<dyn Write + Send>>,
+    start: Instant,
+    snap: crate::snapshot::Loaded,
+) -> Result<Vm, Error> {
+    let mut inputs = open_inputs_for(&cfg, console, false)?;
+    let serial_created = inputs.serial_created.take();
+    let (kvm, vm) = create_vm()?;
+    if usize::from(cfg.cpus) > kvm.get_max_vcpus() {
+        return Err(Error::Config(format!(
+            "the snapshot has {} vCPUs; this host's KVM allows {}",
+            cfg.cpus,
+            kvm.get_max_vcpus()
+        )));
+    }
+    let mem = crate::snapshot::memory::map(
+        &snap.dir.join(crate::snapshot::memory::MEMORY_FILE),
+        &snap.file.memory,
+    )
+    .map_err(Error::Snapshot)?;
+    memory::register(&vm, &mem)?;
+    let mut devices = DeviceManager::new(
+        &vm,
+        inputs.serial_out,
+        start,
+        Some(&snap.file.devices.serial),
+    )?;
+    for (name, device) in inputs.virtio {
+        devices.add_virtio(&vm, &mem, name, device)?;
+    }
+    let exits = Arc::new(ExitCounters::new(cfg.detailed_counters));
+    let (pio, mmio, mut handles) = devices.finish();
+    handles.console = inputs.console;
+    snap.restore_devices(&handles.virtio, &handles.i8042, &handles.acpi_pm)?;
+    let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
+    let msr_index = Arc::new(msr_index(&kvm)?);
+    let mut vcpus = Vec::new();
+    for (index, state) in snap.file.vcpus.iter().enumerate() {
+        let mut v = Vcpu::new(
+            &vm,
+            index as u8,
+            pio.clone(),
+            mmio.clone(),
+            mem.clone(),
+            exits.clone(),
+        )?;
+        v.set_msr_index(msr_index.clone());
+        state
+            .restore(v.fd())
+            .map_err(|e| Error::Snapshot(format!("{}: vCPU {index}: {e}", snap.dir.display())))?;
+        vcpus.push(v);
+    }
+    snap.restore_kvm_vm(&vm)?;
+    log::info!("restored {} in {:?}", snap.dir.display(), start.elapsed());
+    let vm = Vm::new(
+        cfg.clone(),
+        Startable {
+            kvm: (kvm, vm),
+            vcpus,
+            devices: handles,
+            acpi: cfg.acpi,
+        },
+        exits,
+        (pio, mmio),
+        (mem, true),
+    )?;
+    if let Some(f) = serial_created {
+        f.keep();
+    }
+    Ok(vm)
+}
+
+/// The MSRs a snapshot saves: all KVM lists.
+fn msr_index(kvm: &Kvm) -> Result<Vec<u32>, Error> {
+    Ok(kvm
+        .get_msr_index_list()
+        .map_err(kvm_err("KVM_GET_MSR_INDEX_LIST"))?
+        .as_slice()
+        .to_vec())
+}
+
 /// Everything [`open_inputs`] opened.
 pub struct Inputs {
-    /// The kernel image.
-    pub kernel: File,
+    /// The kernel image (None for a restore, which loads none).
+    pub kernel: Option<File>,
     /// The initrd.
     pub initrd: Option<File>,
     /// Where COM1's output goes.
@@ -345,12 +470,20 @@ pub fn open_inputs(
     cfg: &VmConfig,
     console: Option<Box<dyn Write + Send>>,
 ) -> Result<Inputs, Error> {
-    let kernel = open("kernel", &cfg.kernel)?;
-    let initrd = cfg
-        .initrd
-        .as_deref()
-        .map(|p| open("initrd", p))
-        .transpose()?;
+    open_inputs_for(cfg, console, true)
+}
+
+/// [`open_inputs`], with or without the kernel and initrd (a restore needs neither).
+fn open_inputs_for(
+    cfg: &VmConfig,
+    console: Option<Box<dyn Write + Send>>,
+    boot: bool,
+) -> Result<Inputs, Error> {
+    let kernel = boot.then(|| open("kernel", &cfg.kernel)).transpose()?;
+    let initrd = match (&cfg.initrd, boot) {
+        (Some(p), true) => Some(open("initrd", p)?),
+        _ => None,
+    };
     let mut virtio: Vec<(String, Box<dyn VirtioDevice>)> = Vec::new();
     for (i, d) in cfg.disks.iter().enumerate() {
         let block = Block::new(d.clone()).map_err(Error::Disk)?;
@@ -440,6 +573,13 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
 
 /// Open `/dev/kvm` and create a VM with the in-kernel PIC, IOAPIC, LAPICs and PIT.
 pub fn create_vm() -> Result<(Kvm, VmFd), Error> {
+    let (kvm, fd) = open_kvm()?;
+    add_interrupt_controllers(&fd)?;
+    Ok((kvm, fd))
+}
+
+/// Open `/dev/kvm` and create an empty VM.
+pub fn open_kvm() -> Result<(Kvm, VmFd), Error> {
     let kvm = Kvm::new().map_err(kvm_err("opening /dev/kvm"))?;
     let version = kvm.get_api_version();
     if version != kvm_bindings::KVM_API_VERSION as i32 {
@@ -449,6 +589,11 @@ pub fn create_vm() -> Result<(Kvm, VmFd), Error> {
         )));
     }
     let fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    Ok((kvm, fd))
+}
+
+/// The in-kernel PIC, IOAPIC, LAPICs and PIT (and the TSS VT-x needs), before any vCPU.
+pub fn add_interrupt_controllers(fd: &VmFd) -> Result<(), Error> {
     // Intel VT-x needs three pages for a real-mode TSS somewhere the guest won't use.
     fd.set_tss_address(arch::layout::KVM_TSS_ADDRESS as usize)
         .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
@@ -460,14 +605,7 @@ pub fn create_vm() -> Result<(Kvm, VmFd), Error> {
         ..Default::default()
     };
     fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
-    Ok((kvm, fd))
-}
-
-/// Allocate guest RAM for `layout` and register it with KVM.
-pub fn attach_memory(vm: &VmFd, layout: &MemoryLayout) -> Result<GuestMemoryMmap, Error> {
-    let mem = memory::create(layout)?;
-    memory::register(vm, &mem)?;
-    Ok(mem)
+    Ok(())
 }
 
 /// The kernel, then the initrd above it.
@@ -522,7 +660,7 @@ pub fn attach_devices(
     serial_out: Box<dyn Write + Send>,
     virtio: Vec<(String, Box<dyn VirtioDevice>)>,
 ) -> Result<DeviceManager, Error> {
-    let mut devices = DeviceManager::new(vm, serial_out, start)?;
+    let mut devices = DeviceManager::new(vm, serial_out, start, None)?;
     for (name, device) in virtio {
         devices.add_virtio(vm, mem, name, device)?;
     }
@@ -630,9 +768,10 @@ pub fn create_vcpus(
         num_cpus: cfg.cpus,
         entry: loaded.kernel.entry,
     };
+    let msrs = Arc::new(msr_index(kvm)?);
     (0..cfg.cpus)
         .map(|index| {
-            let v = Vcpu::new(
+            let mut v = Vcpu::new(
                 vm,
                 index,
                 buses.0.clone(),
@@ -641,6 +780,7 @@ pub fn create_vcpus(
                 exits.clone(),
             )?;
             v.configure(&setup)?;
+            v.set_msr_index(msrs.clone());
             Ok(v)
         })
         .collect()

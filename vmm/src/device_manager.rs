@@ -55,6 +55,9 @@ pub enum DeviceError {
     /// The bus refused the range.
     #[error(transparent)]
     Bus(#[from] BusError),
+    /// A device's saved state cannot be used.
+    #[error("restoring device state: {0}")]
+    Snapshot(String),
     /// The transport could not be created.
     #[error("creating the virtio-mmio transport: {0}")]
     Transport(#[source] std::io::Error),
@@ -156,6 +159,7 @@ pub struct DeviceManager {
     reset_evt: EventFd,
     poweroff_evt: EventFd,
     acpi_pm: Arc<Mutex<AcpiPm>>,
+    i8042: Arc<Mutex<I8042>>,
     boot_timer: Arc<Mutex<BootTimer>>,
     slots: SlotAllocator,
     virtio: Vec<VirtioEntry>,
@@ -171,6 +175,8 @@ pub struct DeviceHandles {
     pub poweroff_evt: EventFd,
     /// The ACPI power-management device, to press the power button.
     pub acpi_pm: Arc<Mutex<AcpiPm>>,
+    /// The i8042, for snapshots.
+    pub i8042: Arc<Mutex<I8042>>,
     /// The boot timer, for the boot time.
     pub boot_timer: Arc<Mutex<BootTimer>>,
     /// The virtio devices' workers, to pause and resume.
@@ -189,24 +195,29 @@ fn irq_line(vm: &VmFd, irq: u32) -> Result<Arc<dyn Interrupt>, DeviceError> {
 }
 
 impl DeviceManager {
-    /// Create the legacy devices: COM1 writing to `serial_out`, the i8042, the boot timer.
+    /// Create the legacy devices: COM1 writing to `serial_out` (in the state `serial_state`
+    /// describes, for a restored VM), the i8042, the boot timer.
     pub fn new(
         vm: &VmFd,
         serial_out: Box<dyn std::io::Write + Send>,
         start: Instant,
+        serial_state: Option<&devices::legacy::serial::SerialSnapshot>,
     ) -> Result<Self, DeviceError> {
         let mut pio = Bus::new();
         let mut mmio = Bus::new();
 
-        let serial = Arc::new(Mutex::new(SerialDevice::new(
-            irq_line(vm, layout::COM1_IRQ)?,
-            serial_out,
-        )));
+        let line = irq_line(vm, layout::COM1_IRQ)?;
+        let serial = Arc::new(Mutex::new(match serial_state {
+            Some(s) => SerialDevice::restore(line, serial_out, s).map_err(DeviceError::Snapshot)?,
+            None => SerialDevice::new(line, serial_out),
+        }));
         pio.insert(serial.clone(), layout::COM1_PORT.into(), 8)?;
 
         let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
-        let i8042 = I8042::new(reset_evt.try_clone().map_err(DeviceError::EventFd)?);
-        pio.insert(Arc::new(Mutex::new(i8042)), layout::I8042_PORT.into(), 5)?;
+        let i8042 = Arc::new(Mutex::new(I8042::new(
+            reset_evt.try_clone().map_err(DeviceError::EventFd)?,
+        )));
+        pio.insert(i8042.clone(), layout::I8042_PORT.into(), 5)?;
 
         // ACPI sleep control/status and GED registers. Harmless without ACPI: nothing
         // tells the guest it is there.
@@ -235,6 +246,7 @@ impl DeviceManager {
             reset_evt,
             poweroff_evt,
             acpi_pm,
+            i8042,
             boot_timer,
             slots: SlotAllocator::default(),
             virtio: Vec::new(),
@@ -309,6 +321,7 @@ impl DeviceManager {
             reset_evt: self.reset_evt,
             poweroff_evt: self.poweroff_evt,
             acpi_pm: self.acpi_pm,
+            i8042: self.i8042,
             boot_timer: self.boot_timer,
             workers: self
                 .virtio

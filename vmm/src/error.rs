@@ -96,6 +96,10 @@ pub enum Error {
     /// The power button needs ACPI.
     #[error("the VM has no power button: it runs without ACPI (--no-acpi)")]
     NoPowerButton,
+    /// A snapshot directory that cannot be restored: missing, truncated, foreign, from
+    /// another format version, or not matching this host.
+    #[error("snapshot: {0}")]
+    Snapshot(String),
     /// vCPUs or devices did not park in time.
     #[error("pause failed: {0}")]
     Timeout(&'static str),
@@ -114,6 +118,7 @@ impl Error {
                 | Error::Initrd { .. }
                 | Error::Cmdline(_)
                 | Error::Net { .. }
+                | Error::Snapshot(_)
         ) || matches!(self, Error::Memory(m) if m.is_bad_input())
             || matches!(self, Error::Disk(e) if !matches!(e, BlockError::Worker { .. }))
             || matches!(self, Error::Rng(e) if !matches!(e, RngError::Worker(_)))

@@ -375,6 +375,7 @@ mod tests {
             reset_evt: evt(),
             poweroff_evt: evt(),
             acpi_pm: Arc::new(Mutex::new(AcpiPm::new(evt(), Arc::new(NoLine)))),
+            i8042: Arc::new(Mutex::new(devices::legacy::I8042::new(evt()))),
             boot_timer: Arc::new(Mutex::new(BootTimer::new(Instant::now()))),
             workers: vec![worker.control()],
             virtio: Vec::new(),

@@ -35,6 +35,9 @@ pub enum MemoryError {
     /// mmap failed.
     #[error("allocating guest RAM: {0}")]
     Mmap(#[source] vm_memory::mmap::FromRangesError),
+    /// The thread registering the regions panicked (a bug).
+    #[error("registering guest RAM: the thread panicked")]
+    RegisterPanicked,
     /// KVM refused a region.
     #[error("KVM_SET_USER_MEMORY_REGION for slot {slot}: {source}")]
     Register {

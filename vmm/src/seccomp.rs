@@ -64,6 +64,9 @@ pub enum ThreadKind {
     Frontend,
     /// The thread that writes the guest's console output (`console-out`).
     ConsoleOutput,
+    /// A front-end's control API thread: a socket server that also takes snapshots
+    /// (writes files, reads the VM's interrupt controllers and clock).
+    Api,
 }
 
 impl ThreadKind {
@@ -116,6 +119,34 @@ const KVM_TRANSLATE: u64 = ioc(
     0x85,
     std::mem::size_of::<kvm_bindings::kvm_translation>(),
 );
+
+const fn ior<T>(nr: u64) -> u64 {
+    ioc(IOC_READ, KVMIO, nr, std::mem::size_of::<T>())
+}
+const fn iowr<T>(nr: u64) -> u64 {
+    ioc(IOC_READ | IOC_WRITE, KVMIO, nr, std::mem::size_of::<T>())
+}
+
+/// What a parked vCPU reads of itself for a snapshot (`KVM_GET_*` on the vCPU fd).
+const VCPU_STATE_IOCTLS: &[u64] = &[
+    iowr::<kvm_bindings::kvm_msrs>(0x88),
+    ior::<kvm_bindings::kvm_fpu>(0x8c),
+    ior::<kvm_bindings::kvm_lapic_state>(0x8e),
+    iowr::<kvm_bindings::kvm_cpuid2>(0x91),
+    ior::<kvm_bindings::kvm_mp_state>(0x98),
+    ior::<kvm_bindings::kvm_vcpu_events>(0x9f),
+    ior::<kvm_bindings::kvm_debugregs>(0xa1),
+    ioc(IOC_NONE, KVMIO, 0xa3, 0), // KVM_GET_TSC_KHZ
+    ior::<kvm_bindings::kvm_xsave>(0xa4),
+    ior::<kvm_bindings::kvm_xcrs>(0xa6),
+];
+
+/// What a snapshot reads of the VM (`KVM_GET_*` on the VM fd).
+const VM_STATE_IOCTLS: &[u64] = &[
+    iowr::<kvm_bindings::kvm_irqchip>(0x62),
+    ior::<kvm_bindings::kvm_clock_data>(0x7c),
+    ior::<kvm_bindings::kvm_pit_state2>(0x9f),
+];
 
 /// System calls every thread may make: the runtime's and the allocator's needs.
 const COMMON: &[i64] = &[
@@ -171,6 +202,8 @@ fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<u64>) {
     match kind {
         ThreadKind::Vcpu => {
             ioctls.extend([KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, KVM_TRANSLATE]);
+            // Read by the vCPU itself, parked, when the VM is snapshotted.
+            ioctls.extend(VCPU_STATE_IOCTLS);
             // The guest's driver starts a NIC (and resets it) through an MMIO write,
             // handled on the vCPU thread.
             ioctls.extend(TAP_IOCTLS);
@@ -204,6 +237,48 @@ fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<u64>) {
         }
         ThreadKind::RngWorker => calls.extend(epoll),
         ThreadKind::ConsoleOutput => {}
+        ThreadKind::Api => {
+            calls.extend(epoll);
+            calls.extend([
+                // The socket and its clients.
+                libc::SYS_accept4,
+                libc::SYS_poll,
+                libc::SYS_ppoll,
+                libc::SYS_recvfrom,
+                libc::SYS_sendto,
+                libc::SYS_recvmsg,
+                libc::SYS_sendmsg,
+                libc::SYS_shutdown,
+                libc::SYS_setsockopt,
+                libc::SYS_getsockopt,
+                libc::SYS_tgkill,
+                // Snapshots: a directory of files, written sparse and synced.
+                libc::SYS_openat,
+                libc::SYS_mkdir,
+                libc::SYS_mkdirat,
+                libc::SYS_statx,
+                libc::SYS_newfstatat,
+                libc::SYS_fstat,
+                libc::SYS_lseek,
+                libc::SYS_pwrite64,
+                libc::SYS_pwritev,
+                libc::SYS_ftruncate,
+                libc::SYS_fsync,
+                libc::SYS_fdatasync,
+                libc::SYS_rename,
+                libc::SYS_renameat,
+                libc::SYS_renameat2,
+                libc::SYS_unlink,
+                libc::SYS_unlinkat,
+                libc::SYS_rmdir,
+                libc::SYS_getdents64,
+                libc::SYS_mincore,
+                libc::SYS_getcwd,
+                libc::SYS_readlink,
+            ]);
+            ioctls.extend(VM_STATE_IOCTLS);
+            ioctls.extend(TAP_IOCTLS);
+        }
         ThreadKind::Frontend => {
             calls.extend(epoll);
             calls.extend([
@@ -387,6 +462,7 @@ mod tests {
             ThreadKind::RngWorker,
             ThreadKind::Frontend,
             ThreadKind::ConsoleOutput,
+            ThreadKind::Api,
         ] {
             for mode in [SeccompMode::Enforce, SeccompMode::Log] {
                 assert!(filter(kind, mode).unwrap().is_some());

@@ -52,36 +52,50 @@ pub enum RunState {
     Stop,
 }
 
-/// The run state shared by the VMM thread and all vCPU threads, and how many vCPUs are
-/// parked.
+/// Work for a parked vCPU, run on its own thread (reading its state for a snapshot).
+pub type VcpuTask = Box<dyn FnOnce(&mut Vcpu) + Send>;
+
+struct ControlState {
+    run: RunState,
+    parked: usize,
+    /// (vCPU index, task) for parked vCPUs to run.
+    tasks: Vec<(u8, VcpuTask)>,
+}
+
+/// The run state shared by the VMM thread and all vCPU threads, how many vCPUs are
+/// parked, and work for parked vCPUs.
 pub struct VcpuControl {
-    state: Mutex<(RunState, usize)>,
+    state: Mutex<ControlState>,
     changed: Condvar,
 }
 
 impl Default for VcpuControl {
     fn default() -> Self {
         Self {
-            state: Mutex::new((RunState::Run, 0)),
+            state: Mutex::new(ControlState {
+                run: RunState::Run,
+                parked: 0,
+                tasks: Vec::new(),
+            }),
             changed: Condvar::new(),
         }
     }
 }
 
 impl VcpuControl {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (RunState, usize)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ControlState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Set the state (the caller kicks the vCPU threads so that they notice).
     pub fn set(&self, s: RunState) {
-        self.lock().0 = s;
+        self.lock().run = s;
         self.changed.notify_all();
     }
 
     /// The state.
     pub fn get(&self) -> RunState {
-        self.lock().0
+        self.lock().run
     }
 
     /// Wait up to `timeout` until `n` vCPUs are parked; whether they are.
@@ -89,24 +103,45 @@ impl VcpuControl {
         let g = self.lock();
         let (g, _) = self
             .changed
-            .wait_timeout_while(g, timeout, |(_, parked)| *parked < n)
+            .wait_timeout_while(g, timeout, |s| s.parked < n)
             .unwrap_or_else(|e| e.into_inner());
-        g.1 >= n
+        g.parked >= n
     }
 
-    /// Called by a vCPU thread before `KVM_RUN`: parks while paused; `false` once it must
-    /// stop.
-    fn may_run(&self) -> bool {
+    /// Have vCPU `index` run `task` on its thread while it is parked (it runs it as soon as
+    /// it parks, or at once if it is parked already). The task reports back itself.
+    pub fn run_on_vcpu(&self, index: u8, task: VcpuTask) {
+        self.lock().tasks.push((index, task));
+        self.changed.notify_all();
+    }
+
+    /// Called by vCPU `index`'s thread before `KVM_RUN`: parks while paused, running the
+    /// tasks given to it meanwhile; `false` once it must stop.
+    fn may_run(&self, index: u8, mut run_task: impl FnMut(VcpuTask)) -> bool {
         let mut g = self.lock();
+        let mut parked = false;
         loop {
-            match g.0 {
-                RunState::Run => return true,
-                RunState::Stop => return false,
+            match g.run {
+                RunState::Run | RunState::Stop => {
+                    if parked {
+                        g.parked -= 1;
+                    }
+                    return g.run == RunState::Run;
+                }
                 RunState::Pause => {
-                    g.1 += 1;
-                    self.changed.notify_all();
+                    if !parked {
+                        parked = true;
+                        g.parked += 1;
+                        self.changed.notify_all();
+                    }
+                    if let Some(pos) = g.tasks.iter().position(|(i, _)| *i == index) {
+                        let (_, task) = g.tasks.remove(pos);
+                        drop(g);
+                        run_task(task);
+                        g = self.lock();
+                        continue;
+                    }
                     g = self.changed.wait(g).unwrap_or_else(|e| e.into_inner());
-                    g.1 -= 1;
                 }
             }
         }
@@ -122,6 +157,9 @@ pub fn kick_until(
 ) -> bool {
     use vmm_sys_util::signal::Killable;
     let deadline = Instant::now() + timeout;
+    // A kicked vCPU usually leaves KVM_RUN within a fraction of a millisecond: look again
+    // soon, then less and less often (a lost kick is retried at the latest every 2 ms).
+    let mut nap = Duration::from_micros(50);
     loop {
         if done() {
             return true;
@@ -132,7 +170,8 @@ pub fn kick_until(
         for t in threads.iter().filter(|t| !t.is_finished()) {
             let _ = t.kill(kick_signal());
         }
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(nap);
+        nap = (nap * 2).min(Duration::from_millis(2));
     }
 }
 
@@ -188,6 +227,8 @@ pub struct Vcpu {
     mmio: Arc<Bus>,
     mem: GuestMemoryMmap,
     counters: Arc<ExitCounters>,
+    /// The MSRs a snapshot saves (KVM's list, read once by the builder).
+    msr_index: Arc<Vec<u32>>,
 }
 
 /// What [`Vcpu::configure`] needs to know about the machine.
@@ -226,7 +267,27 @@ impl Vcpu {
             mmio,
             mem,
             counters,
+            msr_index: Arc::new(Vec::new()),
         })
+    }
+
+    /// The MSRs a snapshot of this vCPU saves.
+    pub fn set_msr_index(&mut self, list: Arc<Vec<u32>>) {
+        self.msr_index = list;
+    }
+
+    /// Read this vCPU's whole state (it must not be running: call it from a
+    /// [`VcpuTask`] or before the vCPU is started).
+    pub fn save_state(
+        &mut self,
+    ) -> Result<crate::snapshot::vcpu::VcpuState, crate::snapshot::vcpu::StateError> {
+        let list = self.msr_index.clone();
+        crate::snapshot::vcpu::VcpuState::save(&mut self.fd, &list)
+    }
+
+    /// This vCPU's index.
+    pub fn index(&self) -> u8 {
+        self.index
     }
 
     /// The KVM vCPU, for callers that set up their own state (tests with tiny guests).
@@ -309,7 +370,7 @@ impl Vcpu {
         let counters = self.counters.clone();
         let index = self.index;
         loop {
-            if !control.may_run() {
+            if !control.may_run(index, |task| task(&mut self)) {
                 return None;
             }
             let exit = self.fd.run();

@@ -277,15 +277,30 @@ pub struct Vm {
     wake: Arc<EventFd>,
     startable: Mutex<Option<Startable>>,
     thread: Mutex<Option<JoinHandle<()>>>,
-    config: VmConfig,
-    virtio: Vec<(VirtioDeviceInfo, Arc<Mutex<MmioTransport>>)>,
+    pub(crate) config: VmConfig,
+    pub(crate) virtio: Vec<(VirtioDeviceInfo, Arc<Mutex<MmioTransport>>)>,
     exits: Arc<ExitCounters>,
     buses: (Arc<Bus>, Arc<Bus>),
     boot_timer: Arc<Mutex<BootTimer>>,
     /// The console output's writer thread, drained when the VM is dropped.
     console: Option<Arc<ConsoleDrain>>,
     /// The KVM VM, once the vCPUs run (see [`Startable`]); dropped last.
-    kvm: Mutex<Option<(kvm_ioctls::Kvm, kvm_ioctls::VmFd)>>,
+    pub(crate) kvm: Mutex<Option<(kvm_ioctls::Kvm, kvm_ioctls::VmFd)>>,
+    /// What a snapshot reads: guest memory, the vCPUs' control, the legacy devices.
+    pub(crate) snap: SnapshotSources,
+}
+
+/// What [`Vm::snapshot`](crate::Vm::snapshot) reads besides the virtio transports.
+pub(crate) struct SnapshotSources {
+    pub(crate) mem: devices::virtio::GuestMemoryMmap,
+    /// Guest memory is mapped from an earlier snapshot's file (not anonymous).
+    pub(crate) mem_from_file: bool,
+    pub(crate) control: Mutex<Option<Arc<VcpuControl>>>,
+    pub(crate) serial: Arc<Mutex<devices::legacy::SerialDevice>>,
+    pub(crate) i8042: Arc<Mutex<devices::legacy::I8042>>,
+    pub(crate) acpi_pm: Arc<Mutex<devices::legacy::AcpiPm>>,
+    /// Serialises snapshots of this VM.
+    pub(crate) busy: Mutex<()>,
 }
 
 impl Vm {
@@ -294,6 +309,7 @@ impl Vm {
         startable: Startable,
         exits: Arc<ExitCounters>,
         buses: (Arc<Bus>, Arc<Bus>),
+        mem: (devices::virtio::GuestMemoryMmap, bool),
     ) -> Result<Self, Error> {
         let host = |e: std::io::Error| Error::Host(format!("eventfd: {e}"));
         let (tx, rx) = channel();
@@ -302,6 +318,15 @@ impl Vm {
             commands: Mutex::new(tx),
             receiver: Mutex::new(Some(rx)),
             wake: Arc::new(EventFd::new(EFD_NONBLOCK).map_err(host)?),
+            snap: SnapshotSources {
+                mem: mem.0,
+                mem_from_file: mem.1,
+                control: Mutex::new(None),
+                serial: startable.devices.serial.clone(),
+                i8042: startable.devices.i8042.clone(),
+                acpi_pm: startable.devices.acpi_pm.clone(),
+                busy: Mutex::new(()),
+            },
             virtio: startable.devices.virtio.clone(),
             boot_timer: startable.devices.boot_timer.clone(),
             console: startable.devices.console.clone(),
@@ -362,6 +387,7 @@ impl Vm {
         let vmm_filter = seccomp::filter(ThreadKind::Vmm, mode).map_err(sandbox)?;
         let exit = Arc::new(ExitSlot::new().map_err(|e| Error::Host(format!("eventfd: {e}")))?);
         let control = Arc::new(VcpuControl::default());
+        *self.snap.control.lock().unwrap_or_else(|e| e.into_inner()) = Some(control.clone());
         let mut threads = Vec::new();
         for (i, v) in s.vcpus.into_iter().enumerate() {
             let (control, exit) = (control.clone(), exit.clone());

@@ -67,6 +67,16 @@ pub const S5_SLEEP_TYPE: u8 = 5;
 /// `arch::acpi::GED_EVENT_POWER_BUTTON`, the bit the DSDT's `_EVT` method tests.
 pub const GED_EVENT_POWER_BUTTON: u8 = 1 << 0;
 
+/// The device's registers, as a snapshot stores them.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcpiPmSnapshot {
+    /// The sleep status register.
+    pub sleep_status: u8,
+    /// Pending GED events.
+    pub ged_events: u8,
+}
+
 /// The ACPI power-management device (see the module documentation).
 pub struct AcpiPm {
     poweroff_evt: EventFd,
@@ -86,6 +96,20 @@ impl AcpiPm {
             sleep_status: 0,
             ged_events: AtomicU8::new(0),
         }
+    }
+
+    /// The registers as they are now, for a snapshot.
+    pub fn save(&self) -> AcpiPmSnapshot {
+        AcpiPmSnapshot {
+            sleep_status: self.sleep_status,
+            ged_events: self.ged_events.load(Ordering::Acquire),
+        }
+    }
+
+    /// Put the registers in the state `snap` describes.
+    pub fn restore(&mut self, snap: &AcpiPmSnapshot) {
+        self.sleep_status = snap.sleep_status;
+        self.ged_events.store(snap.ged_events, Ordering::Release);
     }
 
     /// Presses the power button: sets [`GED_EVENT_POWER_BUTTON`] in the GED event register

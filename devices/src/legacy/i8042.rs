@@ -73,6 +73,22 @@ const AUX_INTERFACE_BROKEN: u8 = 0x02;
 /// Output port: bit 0 is the CPU reset line (active low), bit 1 the A20 gate.
 const OUTPUT_PORT_DEFAULT: u8 = 0x03;
 
+/// The controller's registers, as a snapshot stores them.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct I8042Snapshot {
+    /// Controller RAM (byte 0: the command byte).
+    pub ram: Vec<u8>,
+    /// The output port.
+    pub output_port: u8,
+    /// The status register.
+    pub status: u8,
+    /// The output buffer.
+    pub out: u8,
+    /// A command waiting for its parameter.
+    pub pending: Option<u8>,
+}
+
 /// The i8042 controller.
 pub struct I8042 {
     reset_evt: EventFd,
@@ -88,6 +104,31 @@ pub struct I8042 {
 }
 
 impl I8042 {
+    /// The controller as it is now, for a snapshot.
+    pub fn save(&self) -> I8042Snapshot {
+        I8042Snapshot {
+            ram: self.ram.to_vec(),
+            output_port: self.output_port,
+            status: self.status,
+            out: self.out,
+            pending: self.pending,
+        }
+    }
+
+    /// Put the controller in the state `snap` describes (its RAM must be 32 bytes).
+    pub fn restore(&mut self, snap: &I8042Snapshot) -> Result<(), String> {
+        self.ram = snap
+            .ram
+            .as_slice()
+            .try_into()
+            .map_err(|_| format!("i8042: {} bytes of RAM, expected 32", snap.ram.len()))?;
+        self.output_port = snap.output_port;
+        self.status = snap.status;
+        self.out = snap.out;
+        self.pending = snap.pending;
+        Ok(())
+    }
+
     /// A controller that writes 1 to `reset_evt` when the guest asks for a CPU reset.
     pub fn new(reset_evt: EventFd) -> Self {
         let mut ram = [0u8; 32];

@@ -10,7 +10,8 @@
 use std::io::{self, Write};
 use std::sync::Arc;
 
-use vm_superio::serial::NoEvents;
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::{NoEvents, SerialState};
 use vm_superio::{Serial, Trigger};
 
 use crate::{BusDevice, Interrupt};
@@ -32,6 +33,25 @@ impl Trigger for SerialTrigger {
 /// The output a serial port writes the guest's bytes to.
 pub type SerialOutput = Box<dyn Write + Send>;
 
+/// The UART's registers and unread input, as a snapshot stores them (the names are the
+/// 16550A's registers).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct SerialSnapshot {
+    pub divisor_low: u8,
+    pub divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    /// Bytes received and not yet read by the guest (at most the 64-byte FIFO).
+    pub fifo: Vec<u8>,
+}
+
 /// A 16550A UART on the port-I/O bus.
 pub struct SerialDevice {
     uart: Serial<SerialTrigger, NoEvents, SerialOutput>,
@@ -43,6 +63,46 @@ impl SerialDevice {
         Self {
             uart: Serial::new(SerialTrigger(interrupt), out),
         }
+    }
+
+    /// The UART as it is now, for a snapshot.
+    pub fn save(&self) -> SerialSnapshot {
+        let s = self.uart.state();
+        SerialSnapshot {
+            divisor_low: s.baud_divisor_low,
+            divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            fifo: s.in_buffer,
+        }
+    }
+
+    /// A UART in the state `snap` describes. Fails if the FIFO holds more than it can.
+    pub fn restore(
+        interrupt: Arc<dyn Interrupt>,
+        out: SerialOutput,
+        snap: &SerialSnapshot,
+    ) -> Result<Self, String> {
+        let state = SerialState {
+            baud_divisor_low: snap.divisor_low,
+            baud_divisor_high: snap.divisor_high,
+            interrupt_enable: snap.interrupt_enable,
+            interrupt_identification: snap.interrupt_identification,
+            line_control: snap.line_control,
+            line_status: snap.line_status,
+            modem_control: snap.modem_control,
+            modem_status: snap.modem_status,
+            scratch: snap.scratch,
+            in_buffer: snap.fifo.clone(),
+        };
+        let uart = Serial::from_state(&state, SerialTrigger(interrupt), NoEvents, out)
+            .map_err(|e| format!("serial port: {e:?}"))?;
+        Ok(Self { uart })
     }
 
     /// Queue console input for the guest. Returns how many bytes of `bytes` the receive

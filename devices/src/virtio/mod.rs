@@ -97,6 +97,14 @@ impl VirtioInterrupt {
         self.status.fetch_and(!bits, Ordering::SeqCst);
     }
 
+    /// Set the pending status and the needs-reset flag to what a snapshot saved (the line is
+    /// not raised: the interrupt controller's own restored state says whether it is
+    /// pending).
+    pub fn restore(&self, status: u32, needs_reset: bool) {
+        self.status.store(status, Ordering::SeqCst);
+        self.needs_reset.store(needs_reset, Ordering::SeqCst);
+    }
+
     /// Clear all pending status (device reset).
     pub fn reset(&self) {
         self.status.store(0, Ordering::SeqCst);

@@ -22,7 +22,9 @@ use std::sync::Arc;
 use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryBackend};
 
-use super::worker::{ActiveQueues, Control, QueueHandler, SingleQueue, Worker, WorkerContext};
+use super::worker::{
+    ActiveQueues, Control, QueueHandler, QueuePosition, SingleQueue, Worker, WorkerContext,
+};
 use super::{ActivateContext, ActivateError, GuestMemoryMmap, VirtioDevice, VIRTIO_F_VERSION_1};
 
 /// The virtio device ID of an entropy source.
@@ -211,6 +213,13 @@ impl QueueHandler for RngHandler {
         if handled == BATCH || ctx.control().should_yield() {
             ctx.renotify(0);
         }
+    }
+
+    fn queue_positions(&self) -> Vec<QueuePosition> {
+        self.active
+            .iter()
+            .map(|(_, q, _)| QueuePosition::of(q))
+            .collect()
     }
 
     fn reset(&mut self, _ctx: &mut WorkerContext) {

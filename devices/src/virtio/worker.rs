@@ -82,6 +82,35 @@ pub trait QueueHandler: Send + 'static {
     fn fd_event(&mut self, _token: u32, _ctx: &mut WorkerContext) {}
     /// The driver reset the device: drop the queues (and remove fds added for them).
     fn reset(&mut self, ctx: &mut WorkerContext);
+    /// Where each queue the handler holds is, in index order (empty when it holds none),
+    /// for a snapshot. Called between requests, while the worker is paused. A chain popped
+    /// but not yet used (a held frame's buffers) is counted as not popped: a restored device
+    /// pops it again.
+    fn queue_positions(&self) -> Vec<QueuePosition> {
+        Vec::new()
+    }
+}
+
+/// Where a device is in one queue's rings: the next available entry it will read and the
+/// next used entry it will write.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueuePosition {
+    /// The next index of the available ring to read.
+    pub next_avail: u16,
+    /// The next index of the used ring to write.
+    pub next_used: u16,
+}
+
+impl QueuePosition {
+    /// Where `q` is.
+    pub fn of(q: &Queue) -> Self {
+        use virtio_queue::QueueT;
+        Self {
+            next_avail: q.next_avail(),
+            next_used: q.next_used(),
+        }
+    }
 }
 
 /// Requests from the transport and the VMM to a worker.
@@ -89,6 +118,7 @@ enum Message {
     Activate(ActiveQueues, Vec<EventFd>),
     Reset,
     RunOnThread(ThreadTask, Sender<Result<(), String>>),
+    Positions(Sender<Vec<QueuePosition>>),
     Pause(Sender<()>),
     Resume,
     Stop,
@@ -188,6 +218,16 @@ impl Control {
             .map_err(|e| e.to_string())?;
         rx.recv_timeout(timeout)
             .map_err(|_| format!("{}: no answer from the worker", self.name))?
+    }
+
+    /// Where the handler's queues are (see [`QueueHandler::queue_positions`]), asked on the
+    /// worker's thread between two requests; waits at most `timeout`.
+    pub fn queue_positions(&self, timeout: Duration) -> Result<Vec<QueuePosition>, String> {
+        let (tx, rx) = channel();
+        self.send(Message::Positions(tx))
+            .map_err(|e| e.to_string())?;
+        rx.recv_timeout(timeout)
+            .map_err(|_| format!("{}: no answer from the worker", self.name))
     }
 
     /// Let a parked worker go on.
@@ -409,6 +449,9 @@ fn run(mut handler: impl QueueHandler, mut ctx: WorkerContext, rx: &Receiver<Mes
                 }
                 Message::RunOnThread(task, reply) => {
                     let _ = reply.send(task());
+                }
+                Message::Positions(reply) => {
+                    let _ = reply.send(handler.queue_positions());
                 }
                 Message::Resume => paused = false,
                 Message::Stop => return,

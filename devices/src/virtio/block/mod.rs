@@ -40,7 +40,9 @@ pub use handler::QueueError;
 
 use self::disk::DiskImage;
 use self::handler::Engine;
-use super::worker::{ActiveQueues, QueueHandler, SingleQueue, Worker, WorkerContext};
+use super::worker::{
+    ActiveQueues, QueueHandler, QueuePosition, SingleQueue, Worker, WorkerContext,
+};
 use super::{ActivateContext, ActivateError, GuestMemoryMmap, VirtioDevice, VIRTIO_F_VERSION_1};
 
 /// The virtio device ID of a block device.
@@ -261,6 +263,13 @@ impl QueueHandler for BlockHandler {
             t.fired();
         }
         self.serve(ctx);
+    }
+
+    fn queue_positions(&self) -> Vec<QueuePosition> {
+        self.active
+            .iter()
+            .map(|(_, q, _)| QueuePosition::of(q))
+            .collect()
     }
 
     fn reset(&mut self, _ctx: &mut WorkerContext) {

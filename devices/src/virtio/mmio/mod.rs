@@ -38,6 +38,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemory, Permissions};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::worker::QueuePosition;
 use super::{ActivateContext, GuestMemoryMmap, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
 use crate::{warn_ratelimited, BusDevice};
 
@@ -254,6 +255,58 @@ impl QueueSlot {
     }
 }
 
+/// One queue as a snapshot stores it: what the driver configured, and where the device is
+/// in its rings.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSnapshot {
+    /// `QueueNumMax`.
+    pub max_size: u16,
+    /// `QueueNum`, as the driver wrote it.
+    pub size: u32,
+    /// `QueueReady`.
+    pub ready: bool,
+    /// Descriptor table address.
+    pub desc: u64,
+    /// Driver (available) ring address.
+    pub driver: u64,
+    /// Device (used) ring address.
+    pub device: u64,
+    /// The device's position in the rings (zero when the device was not live).
+    pub position: QueuePosition,
+}
+
+/// A transport's registers and queues, as a snapshot stores them. Untrusted on restore:
+/// [`MmioTransport::restore`] checks it like register writes.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransportSnapshot {
+    /// The device type (must match the device it is restored onto).
+    pub device_type: u32,
+    /// The features offered (must match too: the driver negotiated from these).
+    pub offered_features: u64,
+    /// `Status`, as the driver set it.
+    pub status: u32,
+    /// `DeviceFeaturesSel`.
+    pub device_features_sel: u32,
+    /// `DriverFeaturesSel`.
+    pub driver_features_sel: u32,
+    /// The features the driver acked.
+    pub driver_features: u64,
+    /// The driver acked a bit in a page where nothing is offered.
+    pub driver_acked_unknown_page: bool,
+    /// `QueueSel`.
+    pub queue_sel: u32,
+    /// The device was activated since the last reset.
+    pub device_started: bool,
+    /// `InterruptStatus`.
+    pub interrupt_status: u32,
+    /// The device gave up on its rings (`DEVICE_NEEDS_RESET`).
+    pub needs_reset: bool,
+    /// The queues, in index order.
+    pub queues: Vec<QueueSnapshot>,
+}
+
 /// A virtio device behind the virtio-mmio register interface.
 pub struct MmioTransport {
     mem: GuestMemoryMmap,
@@ -339,6 +392,110 @@ impl MmioTransport {
         self.device_started
             && status & STATUS_DRIVER_OK != 0
             && status & STATUS_DEVICE_NEEDS_RESET == 0
+    }
+
+    /// The transport as it is now, for a snapshot; `positions` are the device's positions
+    /// in its queues (from its paused worker), empty if it holds no queues.
+    pub fn save(&self, positions: &[QueuePosition]) -> TransportSnapshot {
+        TransportSnapshot {
+            device_type: self.device.device_type(),
+            offered_features: self.offered_features,
+            status: self.status,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            driver_acked_unknown_page: self.driver_acked_unknown_page,
+            queue_sel: self.queue_sel,
+            device_started: self.device_started,
+            interrupt_status: self.interrupt.status(),
+            needs_reset: self.interrupt.needs_reset(),
+            queues: self
+                .queues
+                .iter()
+                .enumerate()
+                .map(|(i, q)| QueueSnapshot {
+                    max_size: q.max_size,
+                    size: q.size,
+                    ready: q.ready,
+                    desc: q.desc,
+                    driver: q.driver,
+                    device: q.device,
+                    position: positions.get(i).copied().unwrap_or_default(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Put a transport that was just created (never touched by a driver) in the state
+    /// `snap` describes, and start the device where it was live: its queues are checked
+    /// against guest memory as at `DRIVER_OK`, then handed to the device at the saved
+    /// positions. Refuses a snapshot of another kind of device or another feature set.
+    pub fn restore(&mut self, snap: &TransportSnapshot) -> Result<(), String> {
+        let kind = self.device.device_type();
+        if snap.device_type != kind {
+            return Err(format!(
+                "device type {} where this VM has device type {kind}",
+                snap.device_type
+            ));
+        }
+        if snap.offered_features != self.offered_features {
+            return Err(format!(
+                "device type {kind} offered features {:#x}, this one offers {:#x} (a disk's \
+                 read-only setting or a device option changed?)",
+                snap.offered_features, self.offered_features
+            ));
+        }
+        let maxes: Vec<u16> = self.queues.iter().map(|q| q.max_size).collect();
+        let saved: Vec<u16> = snap.queues.iter().map(|q| q.max_size).collect();
+        if maxes != saved {
+            return Err(format!(
+                "device type {kind} has queues of sizes {saved:?} in the snapshot, {maxes:?} here"
+            ));
+        }
+        let known = STATUS_ACKNOWLEDGE
+            | STATUS_DRIVER
+            | STATUS_FEATURES_OK
+            | STATUS_DRIVER_OK
+            | STATUS_FAILED
+            | STATUS_DEVICE_NEEDS_RESET;
+        if snap.status & !known != 0 || snap.driver_features & !self.offered_features != 0 {
+            return Err(format!(
+                "device type {kind}: status {:#x} or features {:#x} impossible",
+                snap.status, snap.driver_features
+            ));
+        }
+        self.status = snap.status;
+        self.device_features_sel = snap.device_features_sel;
+        self.driver_features_sel = snap.driver_features_sel;
+        self.driver_features = snap.driver_features;
+        self.driver_acked_unknown_page = snap.driver_acked_unknown_page;
+        self.queue_sel = snap.queue_sel;
+        for (slot, q) in self.queues.iter_mut().zip(&snap.queues) {
+            slot.size = q.size;
+            slot.ready = q.ready;
+            slot.desc = q.desc;
+            slot.driver = q.driver;
+            slot.device = q.device;
+        }
+        self.interrupt
+            .restore(snap.interrupt_status, snap.needs_reset);
+        self.device_started = snap.device_started;
+        let live = snap.status & STATUS_DRIVER_OK != 0
+            && snap.status & (STATUS_FAILED | STATUS_DEVICE_NEEDS_RESET) == 0
+            && !snap.needs_reset;
+        if !(snap.device_started && live) {
+            return Ok(());
+        }
+        let mut ctx = self
+            .activate_context()
+            .map_err(|e| format!("device type {kind}: {e}"))?;
+        for (q, saved) in ctx.queues.iter_mut().zip(&snap.queues) {
+            q.set_next_avail(saved.position.next_avail);
+            q.set_next_used(saved.position.next_used);
+        }
+        self.device
+            .activate(ctx)
+            .map_err(|e| format!("device type {kind} failed to start: {e}"))
     }
 
     /// The device behind the transport.

@@ -593,3 +593,74 @@ fn no_shared_memory_regions() {
         | (u64::from(rd(&mut f.t, REG_SHM_LEN_HIGH)) << 32);
     assert_eq!(len, u64::MAX);
 }
+
+#[test]
+fn save_and_restore_a_live_transport() {
+    let mut f = fixture();
+    assert!(negotiate(&mut f.t, VERSION_1 | FEATURE_A | EVENT_IDX));
+    setup_queue(&mut f.t, 0, 128, 0x1_0000);
+    setup_queue(&mut f.t, 1, 16, 0x2_0000);
+    wr(&mut f.t, REG_STATUS, FULL);
+    f.interrupt.signal_used_queue();
+    wr(&mut f.t, REG_QUEUE_SEL, 1);
+    let positions = [
+        QueuePosition {
+            next_avail: 7,
+            next_used: 5,
+        },
+        QueuePosition {
+            next_avail: 65535,
+            next_used: 65535,
+        },
+    ];
+    let saved = f.t.save(&positions);
+    assert_eq!(saved.status, FULL);
+    assert_eq!(saved.queues[0].position.next_avail, 7);
+    assert_eq!(saved.interrupt_status, 1);
+
+    // A fresh transport for the same device takes it and starts the device with the
+    // queues where they were.
+    let mut g = fixture();
+    g.t.restore(&saved).unwrap();
+    assert_eq!(rd(&mut g.t, REG_STATUS), FULL);
+    assert_eq!(rd(&mut g.t, REG_INTERRUPT_STATUS), 1);
+    assert!(g.t.is_activated());
+    let seen = g.seen.lock().unwrap();
+    assert_eq!(seen.activations.len(), 1);
+    let (acked, queues, _) = &seen.activations[0];
+    assert_eq!(*acked, VERSION_1 | FEATURE_A | EVENT_IDX);
+    assert_eq!(queues[0].next_avail(), 7);
+    assert_eq!(queues[0].next_used(), 5);
+    assert_eq!(queues[0].used_ring(), 0x1_8000);
+    assert_eq!(queues[1].next_avail(), 65535);
+    drop(seen);
+    // Saving the restored transport gives the same snapshot back.
+    assert_eq!(g.t.save(&positions), saved);
+}
+
+#[test]
+fn restore_refuses_what_does_not_fit() {
+    let mut f = fixture();
+    assert!(negotiate(&mut f.t, VERSION_1 | FEATURE_A));
+    setup_queue(&mut f.t, 0, 128, 0x1_0000);
+    setup_queue(&mut f.t, 1, 16, 0x2_0000);
+    wr(&mut f.t, REG_STATUS, FULL);
+    let saved = f.t.save(&[]);
+
+    let refused = |edit: &dyn Fn(&mut TransportSnapshot), sizes: &[u16], features: u64| {
+        let mut s = saved.clone();
+        edit(&mut s);
+        let mut g = fixture_with(sizes, features, false);
+        let e = g.t.restore(&s).unwrap_err();
+        assert!(g.seen.lock().unwrap().activations.is_empty());
+        e
+    };
+    let all = VERSION_1 | FEATURE_A | EVENT_IDX;
+    assert!(refused(&|s| s.device_type = 99, &[256, 16], all).contains("device type 99"));
+    assert!(refused(&|_| {}, &[256, 16], VERSION_1 | EVENT_IDX).contains("offered features"));
+    assert!(refused(&|_| {}, &[256], all).contains("queues of sizes"));
+    assert!(refused(&|s| s.status |= 0x100, &[256, 16], all).contains("impossible"));
+    // A ring outside guest memory is refused like a driver's write would be.
+    let e = refused(&|s| s.queues[0].desc = 1 << 40, &[256, 16], all);
+    assert!(e.contains("not inside guest memory"), "{e}");
+}

@@ -32,7 +32,7 @@ use super::{
     NetBackend, NetStats, MAX_RX_LEN_NO_OFFLOAD, MAX_RX_LEN_OFFLOAD, MAX_TX_LEN, NET_HDR_LEN,
     NUM_BUFFERS_OFFSET, RX_QUEUE, TX_QUEUE,
 };
-use crate::virtio::worker::{ActiveQueues, QueueHandler, WorkerContext};
+use crate::virtio::worker::{ActiveQueues, QueueHandler, QueuePosition, WorkerContext};
 use crate::virtio::{GuestMemoryMmap, VirtioInterrupt};
 
 /// The handler's token for the backend fd.
@@ -184,6 +184,17 @@ impl QueueHandler for NetHandler {
         }
         self.arm_timer();
         self.sync_backend(ctx);
+    }
+
+    fn queue_positions(&self) -> Vec<QueuePosition> {
+        let Some(w) = &self.active else {
+            return Vec::new();
+        };
+        // Buffers popped for a frame not yet delivered go back to the guest's side: a
+        // restored device pops them again (the frame itself is lost, as on a wire).
+        let mut rx = QueuePosition::of(&w.rx);
+        rx.next_avail = rx.next_avail.wrapping_sub(w.rx_chains.len() as u16);
+        vec![rx, QueuePosition::of(&w.tx)]
     }
 
     fn reset(&mut self, ctx: &mut WorkerContext) {
