@@ -559,10 +559,23 @@ pub fn load(dir: &Path) -> Result<Loaded, Error> {
             c.cpus
         )));
     }
-    let ram: u64 = file.memory.iter().map(|r| r.size).sum();
-    if ram != c.memory || file.memory.is_empty() {
+    // The regions must be the ones this minivmm lays out for that much RAM: the e820 map
+    // the guest booted with, and the MMIO hole the devices sit in, depend on it.
+    let layout = boot::e820::MemoryLayout::new(c.memory)
+        .map_err(|e| bad(format!("memory size {}: {e}", c.memory)))?;
+    let expected: Vec<(u64, u64)> = layout
+        .ram_regions()
+        .iter()
+        .map(|(a, n)| (a.0, *n as u64))
+        .collect();
+    let saved: Vec<(u64, u64)> = file
+        .memory
+        .iter()
+        .map(|r| (r.guest_address, r.size))
+        .collect();
+    if saved != expected {
         return Err(bad(format!(
-            "memory regions add up to {ram} bytes, the VM has {}",
+            "memory regions {saved:x?} do not match {} bytes of RAM ({expected:x?})",
             c.memory
         )));
     }
@@ -570,7 +583,11 @@ pub fn load(dir: &Path) -> Result<Loaded, Error> {
     let len = std::fs::metadata(&mem)
         .map_err(|e| bad(format!("{}: {e}", memory::MEMORY_FILE)))?
         .len();
-    if let Some(r) = file.memory.iter().find(|r| r.file_offset + r.size > len) {
+    if let Some(r) = file.memory.iter().find(|r| {
+        r.file_offset
+            .checked_add(r.size)
+            .is_none_or(|end| end > len)
+    }) {
         return Err(bad(format!(
             "{} is {len} bytes, too short for the region at {:#x} (truncated?)",
             memory::MEMORY_FILE,
