@@ -7,6 +7,8 @@
 #   - unit tests, KVM integration tests (tiny guests) and end-to-end tests (Linux guests),
 #     with cargo-nextest where it is installed (cargo test otherwise),
 #   - a few seconds of each fuzz target (fuzz/smoke.sh; full runs only),
+#   - the benchmark charts in docs/bench/ rendered in a headless Chromium and checked
+#     (resources/bench/check-charts.sh installs Debian's chromium; full runs only),
 #   - prints a summary: boots, seconds per boot, the speed factor, the slowest tests.
 # Needs root (KVM, tap devices, network namespaces). Extra arguments go to
 # `cargo nextest run` / `cargo test`, e.g. ./test.sh -p vmm, or ./test.sh --test disk.
@@ -52,6 +54,7 @@ t_fuzz=$(date +%s)
 # select tests).
 if [ $# -eq 0 ]; then
 	bash fuzz/smoke.sh || rc=1
+	bash resources/bench/check-charts.sh || rc=1
 fi
 t_end=$(date +%s)
 

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use minivmm_tests::speed::factor;
-use minivmm_tests::{run, Budget, CpuSlots, Guest, TempDir, Vm, MARKER};
+use minivmm_tests::{run, seccomp_of_threads, Budget, CpuSlots, Guest, TempDir, Vm, MARKER};
 use serde_json::{json, Value};
 
 // --- a raw HTTP client ---------------------------------------------------------------------
@@ -158,23 +158,6 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// (name, `Seccomp:` field) of every thread of process `pid`.
-fn seccomp_of_threads(pid: u32) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
-        let field = |key: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(key))
-                .map(|v| v.trim().to_string())
-                .unwrap_or_default()
-        };
-        out.push((field("Name:"), field("Seccomp:")));
-    }
-    out
 }
 
 /// Run a client subcommand of the binary.

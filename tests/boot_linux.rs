@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use minivmm_tests::{Finished, Guest, MARKER};
+use minivmm_tests::{seccomp_of_threads, Finished, Guest, MARKER};
 
 fn assert_clean_boot(f: &Finished) {
     assert_eq!(f.code(), 0, "{f}");
@@ -88,23 +88,6 @@ fn guest_panic_ends_the_vm() {
 /// on: a shell loop printing a counter every 0.2 s prints nothing for the 3 s the VM is
 /// paused, then goes on. The same boot reads 64 KiB from `/dev/hwrng` twice (virtio-rng):
 /// two different full reads, and minivmm's counters show the bytes served.
-/// (name, `Seccomp:` field) of every thread of process `pid`.
-fn seccomp_of_threads(pid: u32) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
-        let field = |key: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(key))
-                .map(|v| v.trim().to_string())
-                .unwrap_or_default()
-        };
-        out.push((field("Name:"), field("Seccomp:")));
-    }
-    out
-}
-
 #[test]
 fn console_pause_stalls_a_linux_guest_and_hwrng_gives_random_bytes() {
     let cmd = "mvtool sha256 -l HWRNG1 /dev/hwrng 0 65536; \

@@ -452,6 +452,23 @@ pub fn start_together(ns: Option<&NetNs>, guests: &[&Guest]) -> Vec<Vm> {
         .collect()
 }
 
+/// (name, `Seccomp:` field) of every thread of process `pid`.
+pub fn seccomp_of_threads(pid: u32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        out.push((field("Name:"), field("Seccomp:")));
+    }
+    out
+}
+
 // --- a running minivmm -------------------------------------------------------------------
 
 /// A running minivmm whose console and log are collected while it runs, so a test can wait

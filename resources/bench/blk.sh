@@ -6,6 +6,8 @@
 # Env:   MINIVMM=path/to/minivmm   (default: target/release/minivmm)
 #        GUEST=dir with vmlinux and rootfs.ext4 (default: resources/guest/build.sh | tail -1)
 #        SEQ_MIB=32 RAND_SECS=5     (sizes of the runs)
+#        BENCH_JSON=FILE            also write the results as JSON (the shared shape of
+#                                   resources/bench/benchjson.py, read by run-all.py)
 #
 # Each round boots minivmm, then QEMU (alternating, so a change of host load hits both),
 # each on fresh copies of the same two images: the root file system (rootfs.ext4 plus
@@ -46,9 +48,11 @@ MINIVMM_CMD=("$MINIVMM" --kernel "$GUEST/vmlinux" --disk "$WORK/root.img" --disk
 # QEMU: the same command line, except reboot=t (microvm has no i8042; with -no-reboot the
 # triple fault ends QEMU). acpi=off makes microvm put virtio_mmio.device= entries on the
 # command line (this kernel has no ACPI). -cpu qemu64,-cx16 plus clearcpuid= keeps the
-# guest off instructions the PVM emulator cannot run (see shared notes on the KVM host).
+# guest off instructions the PVM emulator cannot run (see shared notes on the KVM host);
+# +xsaveerptr (the host has it, minivmm passes it on) keeps Linux off its AMD FXSAVE-leak
+# workaround (fnclex on every FPU restore, which the emulator cannot run).
 CLEAR="clearcpuid=smap,smep,pcid,popcnt,xsave,avx,fsgsbase,invpcid,rdrand"
-QEMU_CMD=(qemu-system-x86_64 -M microvm,acpi=off -accel kvm -cpu qemu64,-cx16 -m 256M -smp 1
+QEMU_CMD=(qemu-system-x86_64 -M microvm,acpi=off -accel kvm -cpu qemu64,-cx16,+xsaveerptr -m 256M -smp 1
 	-nodefaults -no-user-config -nographic -serial stdio -no-reboot
 	-kernel "$GUEST/vmlinux"
 	-append "console=ttyS0 reboot=t panic=1 $CLEAR root=/dev/vda rw minivmm_run=\"$RUN\""
@@ -74,6 +78,7 @@ run_one() { # vmm round
 		local pid=$!
 		while kill -0 "$pid" 2>/dev/null && ((SECONDS - t0 < VM_TIMEOUT)); do
 			grep -qs 'minivmm-guest: command exited' "$out" && break
+			grep -qs 'KVM internal error' "$out" && break # QEMU stops the VM and waits
 			sleep 1
 		done
 		kill "$pid" 2>/dev/null || true
@@ -117,3 +122,42 @@ echo "rounds: $ROUNDS (alternating, minivmm first); SEQ_MIB=$SEQ_MIB RAND_SECS=$
 echo "guest command: $RUN"
 printf 'minivmm:'; printf ' %q' "${MINIVMM_CMD[@]}"; echo
 printf 'qemu:'; printf ' %q' "${QEMU_CMD[@]}"; echo
+
+if [ -n "${BENCH_JSON:-}" ]; then
+	: >"$WORK/results"
+	for m in seqread seqwrite randread; do
+		for vmm in minivmm qemu; do
+			for v in ${R[$vmm,$m]}; do echo "$vmm $m $v" >>"$WORK/results"; done
+		done
+	done
+	repro="resources/bench/blk.sh $ROUNDS"
+	[ "$SEQ_MIB" = 32 ] || repro="SEQ_MIB=$SEQ_MIB $repro"
+	[ "$RAND_SECS" = 5 ] || repro="RAND_SECS=$RAND_SECS $repro"
+	python3 "$HERE/benchjson.py" --out "$BENCH_JSON" --bench blk --title virtio-blk \
+		--command "$repro" --results "$WORK/results" --notes-file - \
+		--metric seqread MiB/s higher "sequential read, 1 MiB, O_DIRECT" \
+		--metric seqwrite MiB/s higher "sequential write, 1 MiB, O_DIRECT + fdatasync" \
+		--metric randread IOPS higher "random read, 4 KiB, QD1, O_DIRECT" <<NOTES
+Each round boots minivmm, then QEMU, each on fresh copies of the same two images: the
+guest's \`rootfs.ext4\` with \`blkbench\` added (\`resources/bench/blkbench.c\`, a static
+user-space program written into the image with \`debugfs\`) and a 64 MiB raw data disk of
+host random bytes (\`/dev/vdb\`); $ROUNDS round(s). In the guest, \`blkbench\` is one process
+that moves data with \`O_DIRECT\` to/from its own buffer, so the guest kernel copies no
+data (a kernel copy runs at emulator speed on PVM and would be what gets measured); it
+times itself with \`CLOCK_MONOTONIC\`. Metrics: sequential read and write of $SEQ_MIB MiB in
+1 MiB requests (the write ends with \`fdatasync\`), and 4 KiB random reads at queue depth 1
+for $RAND_SECS s. Both VMMs go through the host page cache (QEMU \`cache=writeback\`).
+
+QEMU: \`-M microvm,acpi=off -cpu qemu64,-cx16,+xsaveerptr\` (with ACPI on, microvm describes its
+virtio-mmio devices only in ACPI tables, which this kernel lacks; with it off QEMU appends
+\`virtio_mmio.device=\` entries to the command line), the same \`clearcpuid=\` list minivmm adds on
+PVM, \`reboot=t -no-reboot\`, drives \`cache=writeback,aio=threads\`. The guest's reboot does
+not end QEMU here, so the script stops QEMU once the guest command is done.
+
+What is measured is mostly the guest kernel's block and virtio path (system call, bio,
+virtqueue, interrupt), the same code for both VMMs; on a PVM host it runs in the
+instruction emulator and dwarfs the host side (a \`pread\`/\`pwrite\` on a page-cached file).
+Not measured: queue depth > 1, multiple queues, \`cache=none\` on the host.
+NOTES
+	echo "blk.sh: wrote $BENCH_JSON" >&2
+fi

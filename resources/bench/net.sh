@@ -13,6 +13,8 @@
 # moves 64 KiB per system call and times from connect/accept to the end. Numbers are the
 # receiver's (MB/s = 10^6 bytes/s). Prints one line per measurement and a markdown table
 # of medians at the end. Needs root, gcc, cpio, iproute2, qemu-system-x86.
+# Env: BENCH_JSON=FILE also writes the results as JSON (the shared shape of
+# resources/bench/benchjson.py, read by resources/bench/run-all.py); MINIVMM, VM_TIMEOUT.
 set -euo pipefail
 
 ROUNDS=${1:-2}
@@ -21,8 +23,9 @@ BYTES=$((MIB * 1024 * 1024))
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 PVM_CMDLINE="clearcpuid=smap,smep,pcid,popcnt,xsave,avx,fsgsbase,invpcid,rdrand"
 # QEMU's minimal CPU model without CX16 (the guest's SLUB would use cmpxchg16b, which the
-# PVM emulator cannot run), as resources/bench/boot.py uses.
-PVM_QEMU_CPU="qemu64,-cx16,+x2apic"
+# PVM emulator cannot run), with XSAVEERPTR (else Linux runs its AMD FXSAVE-leak
+# workaround, fnclex, which the emulator cannot run either), as resources/bench/boot.py uses.
+PVM_QEMU_CPU="qemu64,-cx16,+x2apic,+xsaveerptr"
 VM_TIMEOUT=${VM_TIMEOUT:-900}
 
 command -v qemu-system-x86_64 >/dev/null || apt-get install -y -q qemu-system-x86 >&2
@@ -142,3 +145,33 @@ for d in g2h:"guest -> host" h2g:"host -> guest" v2v:"VM -> VM"; do
 	q=$(awk -v k="$k" '$1=="qemu" && $2==k {print $3}' "$W/results" | median)
 	echo "| ${d#*:} | $m | $q | $(awk -v m="$m" -v q="$q" 'BEGIN {printf "%.2f", m/q}') |"
 done
+
+if [ -n "${BENCH_JSON:-}" ]; then
+	python3 "$ROOT/resources/bench/benchjson.py" --out "$BENCH_JSON" --bench net --title virtio-net \
+		--command "resources/bench/net.sh $ROUNDS $MIB" --results "$W/results" --notes-file - \
+		--metric g2h MB/s higher "guest → host, TCP" \
+		--metric h2g MB/s higher "host → guest, TCP" \
+		--metric v2v MB/s higher "VM → VM, TCP" <<NOTES
+Everything runs inside a network namespace the script creates and removes: a bridge made
+by \`minivmm network create br0 --cidr 10.99.0.1/24\` (the host end), and per round and VMM
+two VMs on it, A (10.99.0.2) and B (10.99.0.3); $ROUNDS round(s), the order of the VMMs
+alternating between rounds. Measured one after the other in each round: guest -> host (A
+sends, a host process in the namespace receives), host -> guest (the host sends, A
+receives), VM -> VM (A sends, B receives), TCP, $MIB MiB each. The tool is
+\`resources/bench/netbench.c\`, compiled with \`gcc -static\` and appended to the guest's
+\`initramfs.cpio\`; it moves 64 KiB per system call and times from connect/accept to EOF
+with \`CLOCK_MONOTONIC\`. The numbers are the receiver's (MB/s = 10^6 bytes/s).
+
+minivmm: \`--net bridge=br0,mac=...\`, \`--memory 256M\`, default (ACPI) machine. QEMU:
+\`-M microvm,acpi=on,x-option-roms=off,rtc=off -accel kvm -m 256M\` with
+\`-netdev tap,...,vhost=off -device virtio-net-device\` (a tap the script puts on the same
+bridge) and the same kernel command line. Both VMMs run virtio-net in user space. The
+guest's \`reboot -f\` does not end QEMU microvm here, so the script stops it once the
+guest's command is done (not part of any measurement).
+
+The guest's TCP/IP stack, its system calls and the virtio-net driver are the same code
+for both VMMs$([ $PVM = 1 ] && echo " and on a PVM host run in KVM's instruction emulator, which dominates the time" || true); VM -> VM pays that on both ends. Not measured: latency, UDP,
+several flows or queues, MTU > 1500.
+NOTES
+	echo "net.sh: wrote $BENCH_JSON" >&2
+fi

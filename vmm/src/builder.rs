@@ -204,17 +204,44 @@ impl VmBuilder {
             Ok::<_, Error>(built)
         })?;
         log::debug!("VM built in {:?}", start.elapsed());
-        let vm = Vm::new(
-            cfg.clone(),
-            Startable {
-                kvm: (kvm, vm),
-                vcpus,
-                devices: handles,
-                acpi: cfg.acpi,
-            },
+        let parts = Built {
+            kvm: (kvm, vm),
+            vcpus,
+            handles,
             exits,
-            (pio, mmio),
-            (mem, false),
+            buses: (pio, mmio),
+            mem: (mem, false),
+        };
+        parts.into_vm(cfg, serial_created)
+    }
+}
+
+/// What both kinds of build end with.
+struct Built {
+    kvm: (Kvm, VmFd),
+    vcpus: Vec<Vcpu>,
+    handles: crate::device_manager::DeviceHandles,
+    exits: Arc<ExitCounters>,
+    buses: (Arc<crate::bus::Bus>, Arc<crate::bus::Bus>),
+    /// Guest memory, and whether it is mapped from a snapshot.
+    mem: (GuestMemoryMmap, bool),
+}
+
+impl Built {
+    /// The [`Vm`] handle; the serial file minivmm created stays from here on.
+    fn into_vm(self, cfg: VmConfig, serial_created: Option<RemoveOnDrop>) -> Result<Vm, Error> {
+        let acpi = cfg.acpi;
+        let vm = Vm::new(
+            cfg,
+            Startable {
+                kvm: self.kvm,
+                vcpus: self.vcpus,
+                devices: self.handles,
+                acpi,
+            },
+            self.exits,
+            self.buses,
+            self.mem,
         )?;
         if let Some(f) = serial_created {
             f.keep();
@@ -281,22 +308,15 @@ fn build_restored(
     }
     snap.restore_kvm_vm(&vm)?;
     log::info!("restored {} in {:?}", snap.dir.display(), start.elapsed());
-    let vm = Vm::new(
-        cfg.clone(),
-        Startable {
-            kvm: (kvm, vm),
-            vcpus,
-            devices: handles,
-            acpi: cfg.acpi,
-        },
+    Built {
+        kvm: (kvm, vm),
+        vcpus,
+        handles,
         exits,
-        (pio, mmio),
-        (mem, true),
-    )?;
-    if let Some(f) = serial_created {
-        f.keep();
+        buses: (pio, mmio),
+        mem: (mem, true),
     }
-    Ok(vm)
+    .into_vm(cfg, serial_created)
 }
 
 /// The MSRs a snapshot saves: all KVM lists.
