@@ -8,17 +8,19 @@
 //!
 //! | thread            | installs it                                      | may, beyond the common set |
 //! |-------------------|--------------------------------------------------|----------------------------|
-//! | `vcpuN`           | first thing in its thread ([`Vm::start`](crate::Vm::start)) | `KVM_RUN` (and register reads for a crash report), TAP offloads (a NIC activated by the guest) |
+//! | `vcpuN`           | first thing in its thread ([`Vm::start`](crate::Vm::start)) | `KVM_RUN` (and register reads for a crash report), its own `KVM_GET_*` state reads (a snapshot, read while parked), TAP offloads (a NIC activated by the guest) |
 //! | `vmm`             | first thing in its thread                        | `epoll`, timers, `tgkill` (kick vCPUs) |
 //! | `virtio-blkN`     | on a message from `Vm::start`, before any queue   | `pread`/`pwrite`, `fsync`, `fallocate` |
 //! | `virtio-netN`     | same                                              | TAP offload and header-size ioctls |
 //! | `virtio-rngN`     | same                                              | nothing more |
 //! | `console-out`     | first thing in its thread (made at build)          | nothing more |
 //! | front-end (`cli`) | after `Vm::start`                                 | `poll`, terminal ioctls |
+//! | `api` (`--api-sock`) | first thing in its thread                     | its socket's `accept`/`poll`; for snapshots: creating and writing files in a new directory, `mincore`, the VM's `KVM_GET_IRQCHIP`/`PIT2`/`CLOCK` |
 //!
 //! The common set is what Rust's runtime and the allocator need (memory, futexes, signals
 //! returning, clocks, thread exit) plus `read`/`write`/`close` on fds the thread already has.
-//! Nothing may open a file, create a socket, map a file, fork or exec.
+//! Nothing may create a socket, fork or exec, and only the `api` thread may open a file
+//! (to write a snapshot the user asked for), so no other thread can map one either.
 //!
 //! A forbidden call raises `SIGSYS`; the handler here prints one line naming the thread
 //! and the system call, restores the terminal (through a hook the front-end sets) and ends
@@ -130,13 +132,11 @@ const fn iowr<T>(nr: u64) -> u64 {
 /// What a parked vCPU reads of itself for a snapshot (`KVM_GET_*` on the vCPU fd).
 const VCPU_STATE_IOCTLS: &[u64] = &[
     iowr::<kvm_bindings::kvm_msrs>(0x88),
-    ior::<kvm_bindings::kvm_fpu>(0x8c),
     ior::<kvm_bindings::kvm_lapic_state>(0x8e),
     iowr::<kvm_bindings::kvm_cpuid2>(0x91),
     ior::<kvm_bindings::kvm_mp_state>(0x98),
     ior::<kvm_bindings::kvm_vcpu_events>(0x9f),
     ior::<kvm_bindings::kvm_debugregs>(0xa1),
-    ioc(IOC_NONE, KVMIO, 0xa3, 0), // KVM_GET_TSC_KHZ
     ior::<kvm_bindings::kvm_xsave>(0xa4),
     ior::<kvm_bindings::kvm_xcrs>(0xa6),
 ];
