@@ -310,7 +310,7 @@ impl Vm {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
-            config: self.saved_config(&devices),
+            config: self.saved_config(),
             memory: Vec::new(),
             vcpus,
             vm,
@@ -433,7 +433,7 @@ impl Vm {
         })
     }
 
-    fn saved_config(&self, _devices: &SavedDevices) -> SavedConfig {
+    fn saved_config(&self) -> SavedConfig {
         let c = &self.config;
         let macs: Vec<[u8; 6]> = self
             .virtio
