@@ -10,17 +10,50 @@
 #   - the benchmark charts in docs/bench/ rendered in a headless Chromium and checked
 #     (resources/bench/check-charts.sh installs Debian's chromium; full runs only),
 #   - prints a summary: boots, seconds per boot, the speed factor, the slowest tests.
-# Needs root (KVM, tap devices, network namespaces). Extra arguments go to
+# Needs root (KVM, tap devices, network namespaces). --servers adds the labs on the Debian
+# server image (tests/labs.rs: ssh-pair), --servers --all-labs the big ones too. Other
+# arguments go to
 # `cargo nextest run` / `cargo test`, e.g. ./test.sh -p vmm, or ./test.sh --test disk.
 # tests/README.md says how the deadlines work and how to run one test alone.
 set -euo pipefail
 cd "$(dirname "$0")"
+# --servers: the labs on the Debian server image (tests/labs.rs: ssh_pair, 2 VMs);
+# --all-labs: with --servers, also those that boot three or four Debian VMs each
+# (mysql_tls_backup, web_data_clients).
+args=()
+for a in "$@"; do
+	case $a in
+	--servers) export MINIVMM_TEST_SERVERS=1 ;;
+	--all-labs) export MINIVMM_TEST_ALL_LABS=1 ;;
+	*) args+=("$a") ;;
+	esac
+done
+set -- ${args[@]+"${args[@]}"}
 t0=$(date +%s)
 
 export MINIVMM_TEST_GUEST
 MINIVMM_TEST_GUEST=$(bash resources/guest/build.sh | tail -n 1)
 t_guest=$(($(date +%s) - t0))
 echo "test guest: $MINIVMM_TEST_GUEST (${t_guest} s)" >&2
+# Debian's chromium and Playwright (PyPI) for tests/browser.rs, the web console's tests
+# (installed once; seconds after that).
+bash resources/web/setup-browser.sh >/dev/null ||
+	echo "resources/web/setup-browser.sh failed: tests/browser.rs will fail" >&2
+
+# Host tools that tests check minivmm's work with: sfdisk makes partitioned disks,
+# fsck.vfat, blkid and mtools read the cloud-init seed (those checks say SKIPPED without).
+need=()
+command -v sfdisk >/dev/null 2>&1 || need+=(fdisk)
+command -v fsck.vfat >/dev/null 2>&1 || need+=(dosfstools)
+command -v mtype >/dev/null 2>&1 || need+=(mtools)
+if ((${#need[@]})); then
+	echo "installing ${need[*]}" >&2
+	SUDO=
+	[ "$(id -u)" = 0 ] || SUDO=sudo
+	{ $SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q \
+		--no-install-recommends "${need[@]}"; } >&2 ||
+		echo "could not install ${need[*]}: the checks that use them are skipped" >&2
+fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --release -- -D warnings
@@ -72,6 +105,7 @@ t_end=$(date +%s)
 	else
 		echo "no Linux boots recorded"
 	fi
+	awk '$1 == "lab" { print "lab " $2 " (" $3 " VMs): up in " $4 " s" }' "$summary"
 	# nextest: "        PASS [  35.123s] (12/240) minivmm-tests::disk some_test"
 	# (nextest's time counts from the test's start, so it includes waiting for a core.)
 	grep -E '^ +(PASS|FAIL|TIMEOUT|SIGKILL|SIGSEGV|SIGABRT|ABORT) \[' "$log" |

@@ -922,3 +922,34 @@ pub fn sha256_hex(data: &[u8]) -> String {
     assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap()[..64].to_string()
 }
+
+// --- a tiny guest ----------------------------------------------------------------------------
+
+/// The line [`tiny_kernel`]'s guest prints on COM1.
+pub const TINY_GUEST_LINE: &str = "tiny guest up";
+
+/// Writes `tiny.elf` into `dir` and returns its path: a hand-assembled ELF kernel that
+/// prints [`TINY_GUEST_LINE`] on COM1 and halts with interrupts off. Its VM stays running
+/// (a vCPU in `hlt` with nothing to wake it) at no CPU cost, in a few MiB of host memory:
+/// what tests that need many running VMs, but no Linux, start.
+pub fn tiny_kernel(dir: &TempDir) -> PathBuf {
+    let msg = TINY_GUEST_LINE.as_bytes();
+    #[rustfmt::skip]
+    let mut code = vec![
+        0x66, 0xba, 0xf8, 0x03,             //  0: mov dx, 0x3f8
+        0x48, 0x8d, 0x35, 15, 0, 0, 0,      //  4: lea rsi, [rip + 15] (msg)
+        0xb9, msg.len() as u8 + 1, 0, 0, 0, // 11: mov ecx, len (with the newline)
+        0xac,                               // 16: next: lodsb
+        0xee,                               // 17: out dx, al
+        0xff, 0xc9,                         // 18: dec ecx
+        0x75, 0xfa,                         // 20: jnz next
+        0xfa,                               // 22: cli
+        0xf4,                               // 23: halt: hlt
+        0xeb, 0xfd,                         // 24: jmp halt
+    ];
+    code.extend_from_slice(msg); // 26
+    code.push(b'\n');
+    let path = dir.join("tiny.elf");
+    std::fs::write(&path, boot::loader::elf_image(0x10_0000, &code, 0x1000)).unwrap();
+    path
+}

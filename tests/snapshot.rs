@@ -297,6 +297,14 @@ fn a_restored_vm_goes_on_where_it_stopped_and_clones_talk() {
     )
     .unwrap();
     bad(&newer, &[], "version 99");
+    // A VM booted with --cloud-init saved its seed as /proc/self/fd/N, which names
+    // something else (or nothing) in the restoring process: refused unless --disk replaces
+    // it.
+    let seeded = copy("seeded");
+    let mut doc: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    doc["config"]["disks"][0]["path"] = "/proc/self/fd/3".into();
+    std::fs::write(seeded.join("snapshot.json"), doc.to_string()).unwrap();
+    bad(&seeded, &[], "cloud-init seed");
     bad(&snap, &["--disk", "/nonexistent.img"], "--disk");
     bad(
         &snap,

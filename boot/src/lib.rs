@@ -10,12 +10,16 @@
 //!    `CMDLINE_START`.
 //! 5. [`zeropage::write_zero_page`] ties it all together in `struct boot_params`, whose
 //!    address goes in RSI (see `arch::regs`).
+//!
+//! [`partition`] reads a disk image's partition table (GPT or MBR) the way Linux does, to
+//! choose the `root=` of a guest that boots from a partitioned image.
 #![deny(missing_docs)]
 
 pub mod cmdline;
 pub mod e820;
 pub mod initrd;
 pub mod loader;
+pub mod partition;
 pub mod zeropage;
 
 pub use arch::GuestMemoryMmap;

@@ -11,6 +11,7 @@
 
 mod client;
 mod console;
+mod lab_console;
 mod terminal;
 
 use std::path::PathBuf;
@@ -92,14 +93,15 @@ struct Args {
 
     /// Restore the VM snapshotted in DIR (`minivmm snapshot`) instead of booting a kernel.
     /// The machine comes from the snapshot: --kernel, --initrd, --cmdline, --memory,
-    /// --cpus, --rng, --no-acpi and --cpu-template are refused with it. --disk, if given,
-    /// replaces the snapshot's images (as many, in the same order, each with the same
-    /// readonly= setting: a clone's own copies); --net its interfaces.
+    /// --cpus, --rng, --no-acpi, --cpu-template and --cloud-init are refused with it.
+    /// --disk, if given, replaces the snapshot's images (as many, in the same order, each
+    /// with the same readonly= setting: a clone's own copies); --net its interfaces.
     #[arg(
         long,
         value_name = "DIR",
         conflicts_with_all = [
             "kernel", "initrd", "cmdline", "memory", "cpus", "rng", "no_acpi", "cpu_template",
+            "cloud_init",
         ]
     )]
     restore: Option<PathBuf>,
@@ -129,9 +131,19 @@ struct Args {
 
     /// A raw disk image or block device: PATH[,readonly=on][,serial=ID]. Repeatable: the
     /// guest sees /dev/vda, /dev/vdb, ... in order. With a disk and no root= in --cmdline,
-    /// "root=/dev/vda rw" is added.
+    /// minivmm adds the first disk's root: "root=/dev/vda rw" for a whole-disk file
+    /// system, or its first Linux partition ("root=PARTUUID=... rw") when it has a GPT or
+    /// MBR partition table; "ro" instead of "rw" with readonly=on.
     #[arg(long, value_name = "SPEC", value_parser = parse_disk)]
     disk: Vec<BlockConfig>,
+
+    /// A cloud-init NoCloud seed, attached as a read-only disk after the --disk ones (a
+    /// FAT file system labelled CIDATA, made in memory and never left on the host): DIR
+    /// holds user-data and optionally meta-data, network-config and vendor-data (as for
+    /// cloud-localds); a FILE is the user-data. meta-data, when not given, is generated:
+    /// "instance-id: iid-NAME" and "local-hostname: NAME" from --name. At most 16 MiB.
+    #[arg(long, value_name = "DIR|FILE")]
+    cloud_init: Option<PathBuf>,
 
     /// A network interface: tap=NAME[,mac=MAC] uses an existing tap as it is;
     /// bridge=BR[,mac=MAC] creates a tap on bridge BR, removed when the VM ends.
@@ -226,6 +238,82 @@ enum Command {
         #[arg(long, value_name = "PATH", required = true)]
         api_sock: PathBuf,
     },
+    /// Manage many VMs from a web page and a REST API on a loopback address (see
+    /// docs/serve.md). Prints the page's URL, with its access token, on its first line.
+    Serve {
+        /// Where to listen: a loopback address only (127.0.0.0/8, ::1); port 0 picks one.
+        #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Where the VMs' sockets, consoles and configurations live while it runs
+        /// (default: $MINIVMM_STATE_DIR, /run/minivmm as root, else
+        /// $XDG_RUNTIME_DIR/minivmm).
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// The built test guest, offered as images (default: $MINIVMM_TEST_GUEST, else the
+        /// newest build under ~/.cache/minivmm/guest).
+        #[arg(long, value_name = "DIR")]
+        guest_dir: Option<PathBuf>,
+    },
+    /// Bring a lab up: its networks and VMs, described in a lab file (see docs/labs.md).
+    /// Waits until cloud-init has finished in every VM, then prints a table. Running it
+    /// again on a lab that is up changes nothing.
+    Up {
+        /// A lab file (a path, or NAME for labs/NAME.toml).
+        lab: String,
+        #[command(flatten)]
+        state: StateDirArg,
+        /// How long each VM may take, from its start, to finish cloud-init.
+        #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = parse_lab_duration)]
+        timeout: std::time::Duration,
+        /// At most N vCPUs boot at once; the next VM starts when one is ready (0: the
+        /// host's core count).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        jobs: usize,
+    },
+    /// Take a lab down: ACPI shutdown of every VM (hard stop after --timeout), and the
+    /// bridges it made removed. Works from the state directory alone; twice is harmless.
+    Down {
+        /// The lab (its name, or its lab file).
+        lab: String,
+        #[command(flatten)]
+        state: StateDirArg,
+        /// How long the guests get to power off before they are stopped hard.
+        #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = parse_lab_duration)]
+        timeout: std::time::Duration,
+        /// Also remove the lab's disks, keys and logs.
+        #[arg(long)]
+        purge: bool,
+    },
+    /// List lab VMs: state, address, pid, uptime, CPU %, resident memory.
+    Ls {
+        /// Only this lab.
+        lab: Option<String>,
+        #[command(flatten)]
+        state: StateDirArg,
+    },
+    /// Log in to a lab VM (VM or LAB/VM) with the lab's key, or run CMD there.
+    Ssh {
+        /// The VM.
+        vm: String,
+        #[command(flatten)]
+        state: StateDirArg,
+        /// The command to run (after --).
+        #[arg(last = true, value_name = "CMD")]
+        cmd: Vec<String>,
+    },
+    /// Attach to a lab VM's serial console (Ctrl-A x detaches; the VM runs on).
+    Console {
+        /// The VM (VM or LAB/VM).
+        vm: String,
+        #[command(flatten)]
+        state: StateDirArg,
+    },
+    /// Internal: runs one lab VM and records how it ended (started by `up`).
+    #[command(hide = true)]
+    LabKeeper {
+        /// The VM's state directory.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -243,6 +331,142 @@ enum NetworkAction {
         /// Bridge name.
         bridge: String,
     },
+}
+
+/// A lab command's duration: `--shutdown-timeout`'s forms, or whole minutes (`30m`) or
+/// hours (`2h`).
+fn parse_lab_duration(s: &str) -> Result<std::time::Duration, String> {
+    let whole = |n: &str, unit: u64| {
+        n.parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(unit))
+            .map(std::time::Duration::from_secs)
+    };
+    if let Some(d) = s.strip_suffix('h').and_then(|n| whole(n, 3600)) {
+        return Ok(d);
+    }
+    match s.strip_suffix('m') {
+        Some(n) if !n.ends_with('m') => whole(n, 60)
+            .ok_or_else(|| format!("'{s}': expected a duration such as 30m, 90s or 500ms")),
+        _ => parse_duration(s),
+    }
+}
+
+/// `--state-dir` of the lab commands.
+#[derive(clap::Args, Debug)]
+struct StateDirArg {
+    /// Where labs keep their state (default: $MINIVMM_STATE_DIR, else /var/lib/minivmm as
+    /// root, else $XDG_STATE_HOME/minivmm).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+impl StateDirArg {
+    /// The directory, absolute (the VMs' socket paths are made from it).
+    fn dir(&self) -> PathBuf {
+        let d = self
+            .state_dir
+            .clone()
+            .unwrap_or_else(labs::state::default_dir);
+        std::path::absolute(&d).unwrap_or(d)
+    }
+}
+
+/// Print a lab command's error (each problem of a lab file on a line of its own) and
+/// turn it into an exit code.
+fn lab_error(e: labs::Error) -> ExitCode {
+    for line in e.to_string().lines() {
+        eprintln!("minivmm: {line}");
+    }
+    ExitCode::from(if e.is_bad_input() {
+        exit::BAD_INPUT
+    } else {
+        exit::VMM_ERROR
+    })
+}
+
+/// The lab subcommands (`up`, `down`, `ls`, `ssh`, `console`, and the keeper).
+fn lab_command(cmd: Command) -> ExitCode {
+    match cmd {
+        Command::Up {
+            lab,
+            state,
+            timeout,
+            jobs,
+        } => {
+            let minivmm = std::env::current_exe().unwrap_or_else(|_| "minivmm".into());
+            let opts = labs::up::UpOptions {
+                state_dir: state.dir(),
+                timeout,
+                jobs,
+                minivmm,
+                progress: |line| eprintln!("minivmm: {line}"),
+            };
+            match labs::up::up(&lab, &opts) {
+                Ok(report) => {
+                    print!("{}", report.table());
+                    if report.vms.iter().all(|v| v.ok) {
+                        ExitCode::from(exit::OK)
+                    } else {
+                        eprintln!(
+                            "minivmm: lab {} is not all up; `minivmm ls` shows it, `minivmm \
+                             down {}` takes it down",
+                            report.lab, report.lab
+                        );
+                        ExitCode::from(exit::VMM_ERROR)
+                    }
+                }
+                Err(e) => lab_error(e),
+            }
+        }
+        Command::Down {
+            lab,
+            state,
+            timeout,
+            purge,
+        } => {
+            let opts = labs::down::DownOptions {
+                state_dir: state.dir(),
+                timeout,
+                purge,
+            };
+            match labs::down::down(&lab, &opts) {
+                Ok(report) => {
+                    print!("{}", report.summary());
+                    ExitCode::from(exit::OK)
+                }
+                Err(e) => lab_error(e),
+            }
+        }
+        Command::Ls { lab, state } => {
+            match labs::ls::rows(
+                &state.dir(),
+                lab.as_deref(),
+                std::time::Duration::from_millis(250),
+            ) {
+                Ok(rows) => {
+                    print!("{}", labs::ls::table(&rows));
+                    ExitCode::from(exit::OK)
+                }
+                Err(e) => lab_error(e),
+            }
+        }
+        Command::Ssh { vm, state, cmd } => match labs::ssh::command(&state.dir(), &vm, &cmd) {
+            Ok(mut c) => {
+                use std::os::unix::process::CommandExt;
+                let e = c.exec();
+                eprintln!("minivmm: running ssh: {e}");
+                ExitCode::from(exit::VMM_ERROR)
+            }
+            Err(e) => lab_error(e),
+        },
+        Command::Console { vm, state } => ExitCode::from(lab_console::attach(&state.dir(), &vm)),
+        Command::LabKeeper { dir } => match labs::keeper::run(&dir) {
+            Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(exit::VMM_ERROR)),
+            Err(e) => lab_error(e),
+        },
+        _ => ExitCode::from(exit::VMM_ERROR),
+    }
 }
 
 /// clap's message up to its usage section, on one line.
@@ -324,6 +548,41 @@ fn main() -> ExitCode {
             return ExitCode::from(client::action(&api_sock, "stop"))
         }
         Some(Command::Status { api_sock }) => return ExitCode::from(client::status(&api_sock)),
+        Some(Command::Serve {
+            listen,
+            state_dir,
+            guest_dir,
+        }) => {
+            use clap::CommandFactory;
+            let cloud_init = Args::command()
+                .get_arguments()
+                .any(|a| a.get_long() == Some("cloud-init"));
+            let opts = serve::ServeOptions {
+                listen,
+                state_dir,
+                guest_dir,
+                cloud_init,
+            };
+            return match serve::run(opts) {
+                Ok(()) => ExitCode::from(exit::OK),
+                Err(e) => {
+                    eprintln!("minivmm: {e}");
+                    ExitCode::from(if e.is_bad_input() {
+                        exit::BAD_INPUT
+                    } else {
+                        exit::VMM_ERROR
+                    })
+                }
+            };
+        }
+        Some(
+            cmd @ (Command::Up { .. }
+            | Command::Down { .. }
+            | Command::Ls { .. }
+            | Command::Ssh { .. }
+            | Command::Console { .. }
+            | Command::LabKeeper { .. }),
+        ) => return lab_command(cmd),
         None => {}
     }
     let seccomp = match args.seccomp {
@@ -356,29 +615,46 @@ fn main() -> ExitCode {
                 },
             )
         }
-        (None, Some(kernel)) => Source::Boot(Box::new(VmConfig {
-            initrd: args.initrd,
-            cmdline: (!args.cmdline.is_empty()).then(|| args.cmdline.join(" ")),
-            memory: args.memory,
-            cpus: args.cpus,
-            serial: args.serial,
-            cpu_template: match args.cpu_template {
-                CpuTemplateArg::Auto => CpuTemplateChoice::Auto,
-                CpuTemplateArg::Host => CpuTemplateChoice::Fixed(CpuTemplate::Host),
-                CpuTemplateArg::Pvm => CpuTemplateChoice::Fixed(CpuTemplate::Pvm),
-            },
-            disks: args.disk,
-            nets: args.net,
-            rng: match args.rng {
-                RngArg::None => None,
-                RngArg::Source(p) => Some(p),
-            },
-            detailed_counters: args.stats,
-            name: args.name,
-            acpi: !args.no_acpi,
-            seccomp,
-            ..VmConfig::new(kernel)
-        })),
+        (None, Some(kernel)) => {
+            let mut cfg = VmConfig {
+                initrd: args.initrd,
+                cmdline: (!args.cmdline.is_empty()).then(|| args.cmdline.join(" ")),
+                memory: args.memory,
+                cpus: args.cpus,
+                serial: args.serial,
+                cpu_template: match args.cpu_template {
+                    CpuTemplateArg::Auto => CpuTemplateChoice::Auto,
+                    CpuTemplateArg::Host => CpuTemplateChoice::Fixed(CpuTemplate::Host),
+                    CpuTemplateArg::Pvm => CpuTemplateChoice::Fixed(CpuTemplate::Pvm),
+                },
+                disks: args.disk,
+                nets: args.net,
+                rng: match args.rng {
+                    RngArg::None => None,
+                    RngArg::Source(p) => Some(p),
+                },
+                detailed_counters: args.stats,
+                name: args.name,
+                acpi: !args.no_acpi,
+                seccomp,
+                ..VmConfig::new(kernel)
+            };
+            // The seed exists from here on only as a descriptor: every way out of main
+            // closes it, and the kernel frees it (see the cloudinit crate).
+            let seed = match args.cloud_init.as_deref().map(|p| attach_seed(&mut cfg, p)) {
+                Some(Ok(file)) => Some(file),
+                Some(Err(e)) => {
+                    eprintln!("minivmm: {e}");
+                    return ExitCode::from(if e.is_bad_input() {
+                        exit::BAD_INPUT
+                    } else {
+                        exit::VMM_ERROR
+                    });
+                }
+                None => None,
+            };
+            Source::Boot(Box::new(cfg), seed)
+        }
         (None, None) => {
             // clap enforces --kernel without --restore or a subcommand.
             eprintln!("minivmm: --kernel or --restore is required");
@@ -421,10 +697,40 @@ fn main() -> ExitCode {
     }
 }
 
+/// Read `--cloud-init PATH`, write its seed to an unnamed temporary file and append it to
+/// `cfg`'s disks, read-only, as `/proc/self/fd/N`; the returned file must stay open until
+/// the VM is built (the block device then holds its own descriptor).
+fn attach_seed(
+    cfg: &mut VmConfig,
+    path: &std::path::Path,
+) -> Result<std::fs::File, cloudinit::SeedError> {
+    // Named: its name. Unnamed: what its MACs are derived from, the kernel, initrd,
+    // disks and command line (taken before the seed is one of the disks).
+    let identity = cloudinit::Identity::new(cfg.name.as_deref(), &cfg.mac_seed());
+    let seed = cloudinit::Seed::read(path, &identity)?;
+    let file = seed.write_temp(&std::env::temp_dir())?;
+    log::info!(
+        "cloud-init seed from {}: {} ({} bytes of FAT16, label {}) as {}",
+        path.display(),
+        seed.files().map(|f| f.0).collect::<Vec<_>>().join(", "),
+        file.metadata().map_or(0, |m| m.len()),
+        cloudinit::LABEL,
+        vmm::builder::disk_name(cfg.disks.len())
+    );
+    cfg.disks.push(BlockConfig {
+        path: cloudinit::fd_path(&file),
+        read_only: true,
+        serial: Some("cidata".into()),
+        limit: Default::default(),
+    });
+    cfg.seed_disk = true;
+    Ok(file)
+}
+
 /// What the VM is made from.
 enum Source {
-    /// A kernel to boot.
-    Boot(Box<VmConfig>),
+    /// A kernel to boot, and the cloud-init seed's file (`--cloud-init`) if any.
+    Boot(Box<VmConfig>, Option<std::fs::File>),
     /// A snapshot directory to restore, and what may change.
     Restore(PathBuf, RestoreOptions),
 }
@@ -460,13 +766,15 @@ fn run(
     // signalfd sees them.
     let signals = console::take_signals().map_err(host("signal mask"))?;
     let seccomp = opts.seccomp;
-    let builder = match source {
-        Source::Boot(cfg) => vmm::VmBuilder::new(*cfg)?,
-        Source::Restore(dir, restore) => vmm::VmBuilder::restore(&dir, restore)?,
+    let (builder, seed) = match source {
+        Source::Boot(cfg, seed) => (vmm::VmBuilder::new(*cfg)?, seed),
+        Source::Restore(dir, restore) => (vmm::VmBuilder::restore(&dir, restore)?, None),
     };
     let vm = builder
         .console_output(Box::new(std::io::stdout()))
         .build()?;
+    // The seed's disk has opened it again: the inode lives as long as the VM's descriptor.
+    drop(seed);
     let interactive = vm.info().config.serial == SerialMode::Stdio;
     // From here on the terminal is ours: put it back whatever happens.
     let _raw = if interactive {
@@ -545,6 +853,17 @@ fn exit_code(ending: Ending) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lab_durations() {
+        use std::time::Duration;
+        assert_eq!(parse_lab_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_lab_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_lab_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_lab_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert!(parse_lab_duration("m").is_err());
+        assert!(parse_lab_duration("xm").is_err());
+    }
 
     #[test]
     fn clap_definition_is_valid() {

@@ -10,8 +10,9 @@
 //!    for a grace period of its own locking; nothing before the first `KVM_RUN` needs it);
 //! 5. [`load_kernel`]: the kernel and the initrd into guest memory;
 //! 6. [`attach_devices`]: COM1, i8042, ACPI PM, boot timer, then every virtio device;
-//! 7. [`kernel_cmdline`] and [`write_boot_tables`]: the command line, the MP table, the ACPI
-//!    tables, the zero page;
+//! 7. [`kernel_cmdline`] and [`write_boot_tables`]: the command line (with the root file
+//!    system [`root_device`] found on the first disk), the MP table, the ACPI tables, the
+//!    zero page;
 //! 8. [`create_vcpus`]: one vCPU per `--cpus`, the boot CPU at the kernel's entry point.
 //!
 //! Each step is a function of what the earlier ones made; the pure ones are unit tested
@@ -25,6 +26,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use boot::e820::MemoryLayout;
+use boot::partition::Layout;
 use devices::virtio::block::Block;
 use devices::virtio::net::Net;
 use devices::virtio::rng::Rng;
@@ -155,6 +157,7 @@ impl VmBuilder {
             return build_restored(cfg, console, start, snapshot);
         }
         let inputs = open_inputs(&cfg, console)?;
+        let root = root_device(&cfg);
         let kernel_file = inputs
             .kernel
             .ok_or_else(|| Error::Host("no kernel".into()))?;
@@ -178,7 +181,8 @@ impl VmBuilder {
                 add_interrupt_controllers(&vm)?;
                 let kernel = load_kernel(&mem, &cfg, kernel_file, inputs.initrd)?;
                 let devices = attach_devices(&vm, &mem, start, inputs.serial_out, inputs.virtio)?;
-                let cmdline = kernel_cmdline(&cfg, template, &devices.cmdline_entries())?;
+                let cmdline =
+                    kernel_cmdline(&cfg, template, &devices.cmdline_entries(), root.as_deref())?;
                 write_boot_tables(&mem, &cfg, &layout, &kernel, &cmdline, &devices)?;
                 let exits = Arc::new(ExitCounters::new(cfg.detailed_counters));
                 let (pio, mmio, mut handles) = devices.finish();
@@ -687,21 +691,132 @@ pub fn attach_devices(
     Ok(devices)
 }
 
+/// Whether the user's command line names the root file system itself.
+fn user_gives_root(cfg: &VmConfig) -> bool {
+    let user = cfg.cmdline.as_deref().unwrap_or("");
+    user.split_whitespace().any(|w| w.starts_with("root="))
+}
+
+/// The root file system minivmm names on the command line, when the user boots from a
+/// disk without a `root=` of their own: the first disk (`/dev/vda`) if it holds a whole
+/// file system, or its first Linux partition if it has a partition table
+/// (`PARTUUID=...`, or `/dev/vdaN` when the PARTUUID would not be unique: an MBR without
+/// a disk signature, or another disk with a partition of the same PARTUUID, such as a
+/// second copy of the same image). A table that cannot be read, or one without a Linux
+/// partition, leaves `/dev/vda`, with a warning. See [`boot::partition`].
+pub fn root_device(cfg: &VmConfig) -> Option<String> {
+    let disks = cfg.user_disks();
+    let first = disks.first()?;
+    if user_gives_root(cfg) {
+        return None;
+    }
+    let path = first.path.display();
+    let whole = "/dev/vda".to_string();
+    let root = match probe_disk(&first.path) {
+        Ok(Layout::Whole { filesystem }) => {
+            log::info!(
+                "root file system: /dev/vda ({path}: {}; --cmdline root= overrides)",
+                filesystem.map_or("no partition table".to_string(), |fs| format!(
+                    "{fs}, no partition table"
+                ))
+            );
+            whole
+        }
+        Ok(Layout::Partitioned {
+            table,
+            linux: Some(p),
+        }) => {
+            // Linux takes the first partition it finds with the PARTUUID asked for.
+            let same_uuid = |d: &crate::config::BlockConfig| {
+                matches!(probe_disk(&d.path), Ok(Layout::Partitioned { linux: Some(q), .. })
+                    if q.part_uuid == p.part_uuid)
+            };
+            let twin = if p.has_unique_uuid() {
+                disks.iter().enumerate().skip(1).find(|(_, d)| same_uuid(d))
+            } else {
+                None
+            };
+            let root = match twin {
+                Some((i, _)) => {
+                    log::info!(
+                        "{} has a partition with the same PARTUUID {} as vda's: naming the \
+                         root by its device instead",
+                        disk_name(i),
+                        p.part_uuid
+                    );
+                    p.device("vda")
+                }
+                None => p.root("vda"),
+            };
+            log::info!(
+                "root file system: {root} (partition {} of the {table} on vda, {path}; \
+                 --cmdline root= overrides)",
+                p.number
+            );
+            root
+        }
+        Ok(Layout::Partitioned { table, linux: None }) => {
+            log::warn!(
+                "{path} has a {table} partition table without a Linux partition: root=/dev/vda \
+                 will not mount; give the root with --cmdline root="
+            );
+            whole
+        }
+        Err(e) => {
+            log::warn!(
+                "{path}: {e}; Linux will see no partitions on it: root=/dev/vda (give the \
+                 root with --cmdline root=)"
+            );
+            whole
+        }
+    };
+    Some(root)
+}
+
+/// Read the partition table of the disk image at `path` ([`boot::partition`]): its first
+/// 16 KiB, and a GPT's partition array if it lies beyond them.
+pub fn probe_disk(path: &Path) -> Result<Layout, String> {
+    use std::io::{Seek, SeekFrom};
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let io = |e: std::io::Error| e.to_string();
+    // O_NONBLOCK, as for every disk: the image has been checked to be a file or a block
+    // device when the disk was opened, but it is opened again here.
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io)?;
+    let size = file.seek(SeekFrom::End(0)).map_err(io)?;
+    let read = |len: u64| {
+        let mut buf = vec![0u8; len.min(size) as usize];
+        file.read_exact_at(&mut buf, 0).map(|()| buf)
+    };
+    let head = read(boot::partition::HEAD_LEN as u64).map_err(io)?;
+    let needed = boot::partition::bytes_needed(&head);
+    let data = if needed > head.len() as u64 && size > head.len() as u64 {
+        read(needed).map_err(io)?
+    } else {
+        head
+    };
+    boot::partition::probe(&data, size).map_err(|e| e.to_string())
+}
+
 /// The kernel command line: defaults, what the PVM template needs, the devices (without
-/// ACPI), the root file system, then the user's.
+/// ACPI), the root file system, then the user's. `root` is the device [`root_device`]
+/// chose; it is mounted read-only when the first disk is, and left out when the user's
+/// command line has a `root=`.
 pub fn kernel_cmdline(
     cfg: &VmConfig,
     template: CpuTemplate,
     device_entries: &[String],
+    root: Option<&str>,
 ) -> Result<String, Error> {
     let user = cfg.cmdline.as_deref().unwrap_or("");
-    // The first disk is the root file system unless the user says otherwise; mounted
-    // read-only when the disk is.
-    let root = match cfg.disks.first() {
-        Some(_) if user.split_whitespace().any(|w| w.starts_with("root=")) => "",
-        Some(d) if d.read_only => "root=/dev/vda ro",
-        Some(_) => "root=/dev/vda rw",
-        None => "",
+    let root = match (root, cfg.user_disks().first()) {
+        (Some(dev), Some(d)) if !user_gives_root(cfg) => {
+            format!("root={dev} {}", if d.read_only { "ro" } else { "rw" })
+        }
+        _ => String::new(),
     };
     let mut parts = vec![
         boot::cmdline::DEFAULT_CMDLINE,
@@ -713,7 +828,7 @@ pub fn kernel_cmdline(
     if !cfg.acpi {
         parts.extend(device_entries.iter().map(String::as_str));
     }
-    parts.push(root);
+    parts.push(&root);
     parts.push(user);
     let cmdline = boot::cmdline::build(&parts).map_err(Error::Cmdline)?;
     log::info!("kernel command line: {cmdline}");
@@ -837,16 +952,67 @@ mod tests {
         assert!(bad(|c| c.memory = 64 << 40).is_bad_input());
     }
 
+    /// A scratch image in the temp dir, removed on drop.
+    struct Image(std::path::PathBuf);
+    impl Image {
+        fn new(tag: &str, bytes: &[u8], size: u64) -> Self {
+            let p =
+                std::env::temp_dir().join(format!("minivmm-root-{tag}-{}.img", std::process::id()));
+            std::fs::write(&p, bytes).unwrap();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_len(size)
+                .unwrap();
+            Self(p)
+        }
+        fn disk(&self, read_only: bool) -> BlockConfig {
+            BlockConfig {
+                path: self.0.clone(),
+                ..disk(read_only)
+            }
+        }
+    }
+    impl Drop for Image {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn line(c: &VmConfig) -> String {
+        kernel_cmdline(c, CpuTemplate::Host, &[], root_device(c).as_deref()).unwrap()
+    }
+
+    /// A first sector with the MBR signature and `entries` (slot, type, start, sectors).
+    fn mbr(entries: &[(usize, u8, u32, u32)]) -> Vec<u8> {
+        let mut d = vec![0u8; 512];
+        for &(slot, kind, start, len) in entries {
+            let e = &mut d[446 + 16 * slot..462 + 16 * slot];
+            e[4] = kind;
+            e[8..12].copy_from_slice(&start.to_le_bytes());
+            e[12..16].copy_from_slice(&len.to_le_bytes());
+        }
+        d[510..].copy_from_slice(&[0x55, 0xaa]);
+        d
+    }
+
     #[test]
     fn root_follows_the_first_disk() {
-        let line = |c: &VmConfig| kernel_cmdline(c, CpuTemplate::Host, &[]).unwrap();
         let mut c = cfg();
         assert!(!line(&c).contains("root="));
-        c.disks.push(disk(false));
-        assert!(line(&c).contains("root=/dev/vda rw"));
+        // A whole-disk image (no partition table): the disk itself.
+        let whole = Image::new("whole", &[], 1 << 20);
+        c.disks.push(whole.disk(false));
+        assert!(line(&c).contains("root=/dev/vda rw"), "{}", line(&c));
         c.disks[0].read_only = true;
         assert!(line(&c).contains("root=/dev/vda ro"));
+        // A disk that cannot be read at all is refused when opened; here it just leaves
+        // the default.
+        c.disks[0] = disk(true);
+        assert!(line(&c).contains("root=/dev/vda ro"));
         c.cmdline = Some("root=/dev/vdb".into());
+        assert_eq!(root_device(&c), None);
         let l = line(&c);
         assert!(
             l.contains("root=/dev/vdb") && !l.contains("/dev/vda"),
@@ -855,13 +1021,62 @@ mod tests {
     }
 
     #[test]
+    fn a_cloud_init_seed_is_never_the_root() {
+        let seed = Image::new("seed", &[], 1 << 20);
+        let mut c = cfg();
+        c.disks.push(seed.disk(true));
+        c.seed_disk = true;
+        assert_eq!(root_device(&c), None);
+        assert!(!line(&c).contains("root="), "{}", line(&c));
+        // With a disk of the user's before it, that one is the root.
+        let whole = Image::new("before-seed", &[], 1 << 20);
+        c.disks.insert(0, whole.disk(false));
+        assert!(line(&c).contains("root=/dev/vda rw"));
+    }
+
+    #[test]
+    fn root_on_a_partition() {
+        // MBR without a disk signature: the partition's device node.
+        let img = Image::new("mbr", &mbr(&[(1, 0x83, 2048, 2048)]), 4 << 20);
+        let mut c = cfg();
+        c.disks.push(img.disk(false));
+        assert_eq!(root_device(&c).as_deref(), Some("/dev/vda2"));
+        assert!(line(&c).contains("root=/dev/vda2 rw"));
+        // With a signature: its PARTUUID.
+        let mut sector = mbr(&[(0, 0x83, 2048, 2048)]);
+        sector[440..444].copy_from_slice(&0xcafe_f00du32.to_le_bytes());
+        let img = Image::new("mbr-sig", &sector, 4 << 20);
+        c.disks[0] = img.disk(true);
+        assert!(line(&c).contains("root=PARTUUID=cafef00d-01 ro"));
+        // The same image twice (two copies): PARTUUID would be ambiguous.
+        let twin = Image::new("mbr-twin", &sector, 4 << 20);
+        c.disks.push(twin.disk(false));
+        assert_eq!(root_device(&c).as_deref(), Some("/dev/vda1"));
+    }
+
+    #[test]
+    fn corrupt_tables_fall_back_to_the_whole_disk() {
+        // A protective MBR announcing a GPT whose header is garbage.
+        let mut bytes = mbr(&[(0, 0xee, 1, 8191)]);
+        bytes.extend_from_slice(b"EFI PART garbage");
+        let img = Image::new("corrupt-gpt", &bytes, 4 << 20);
+        let mut c = cfg();
+        c.disks.push(img.disk(false));
+        assert_eq!(root_device(&c).as_deref(), Some("/dev/vda"));
+        // A table without a Linux partition.
+        let img = Image::new("swap-only", &mbr(&[(0, 0x82, 2048, 2048)]), 4 << 20);
+        c.disks[0] = img.disk(false);
+        assert_eq!(root_device(&c).as_deref(), Some("/dev/vda"));
+    }
+
+    #[test]
     fn device_entries_only_without_acpi() {
         let entries = vec!["virtio_mmio.device=4K@0xc0001000:5".to_string()];
         let mut c = cfg();
-        let with_acpi = kernel_cmdline(&c, CpuTemplate::Host, &entries).unwrap();
+        let with_acpi = kernel_cmdline(&c, CpuTemplate::Host, &entries, None).unwrap();
         assert!(!with_acpi.contains("virtio_mmio"));
         c.acpi = false;
-        let without = kernel_cmdline(&c, CpuTemplate::Host, &entries).unwrap();
+        let without = kernel_cmdline(&c, CpuTemplate::Host, &entries, None).unwrap();
         assert!(without.contains("virtio_mmio.device=4K@0xc0001000:5"));
     }
 

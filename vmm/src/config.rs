@@ -60,6 +60,9 @@ pub struct VmConfig {
     pub cpu_template: CpuTemplateChoice,
     /// Disks, in order (`vda`, `vdb`, ...).
     pub disks: Vec<BlockConfig>,
+    /// The last of `disks` is a cloud-init seed the front-end made (`--cloud-init`), not
+    /// one of the user's: it is never the root file system.
+    pub seed_disk: bool,
     /// Network interfaces, in order (`eth0`, `eth1`, ...).
     pub nets: Vec<NetConfig>,
     /// The entropy device's host source (`--rng src=PATH`; default `/dev/urandom`), or
@@ -89,6 +92,7 @@ impl VmConfig {
             serial: SerialMode::Stdio,
             cpu_template: CpuTemplateChoice::Auto,
             disks: Vec::new(),
+            seed_disk: false,
             nets: Vec::new(),
             rng: Some(PathBuf::from(DEFAULT_RNG_SOURCE)),
             detailed_counters: false,
@@ -99,20 +103,31 @@ impl VmConfig {
     }
 
     /// What derived MAC addresses are computed from: the VM's name if it has one, else
-    /// its kernel, initrd, disks and command line. The same VM gets the same MACs every
-    /// boot; two VMs that differ in any of these get different ones.
+    /// its kernel, initrd, disks (not a cloud-init seed, whose path is a file descriptor
+    /// of the moment) and command line. The same VM gets the same MACs every boot; two VMs
+    /// that differ in any of these get different ones.
     pub fn mac_seed(&self) -> String {
         if let Some(n) = &self.name {
             return n.clone();
         }
         let mut seed = self.kernel.display().to_string();
-        for p in self.initrd.iter().chain(self.disks.iter().map(|d| &d.path)) {
+        for p in self
+            .initrd
+            .iter()
+            .chain(self.user_disks().iter().map(|d| &d.path))
+        {
             seed.push('\0');
             seed.push_str(&p.display().to_string());
         }
         seed.push('\0');
         seed.push_str(self.cmdline.as_deref().unwrap_or(""));
         seed
+    }
+
+    /// The user's disks: [`VmConfig::disks`] without the cloud-init seed.
+    pub fn user_disks(&self) -> &[BlockConfig] {
+        let n = self.disks.len() - usize::from(self.seed_disk && !self.disks.is_empty());
+        &self.disks[..n]
     }
 }
 

@@ -630,6 +630,23 @@ impl Loaded {
                 },
             })
             .collect();
+        // A cloud-init seed (`--cloud-init`) was an unlinked file reached through the
+        // booting minivmm's descriptor: in this process that path names something else.
+        if opts.disks.is_none() {
+            if let Some(i) = cfg
+                .disks
+                .iter()
+                .position(|d| d.path.starts_with("/proc/self/fd"))
+            {
+                return Err(Error::Snapshot(format!(
+                    "{}: disk {} was a cloud-init seed ({}), a temporary file that is gone: \
+                     give every disk with --disk",
+                    self.dir.display(),
+                    crate::builder::disk_name(i),
+                    cfg.disks[i].path.display()
+                )));
+            }
+        }
         if let Some(disks) = &opts.disks {
             if disks.len() != cfg.disks.len() {
                 return Err(Error::Snapshot(format!(

@@ -1,0 +1,527 @@
+/*
+ * vminit: a small PID 1 for the minivmm Debian server image.
+ *
+ * Why it exists: on the project's PVM hosts every instruction of guest kernel code
+ * runs in KVM's instruction emulator, so every system call, page fault and process
+ * costs milliseconds to a second. systemd as PID 1 makes tens of thousands of
+ * them before the first service starts (see resources/guest/README.md, "The
+ * Debian server guest"). vminit makes a few hundred and starts the same services
+ * from one shell script. systemd stays installed: `init=/lib/systemd/systemd` on
+ * the kernel command line boots it instead.
+ *
+ * What it does:
+ *  1. mounts /proc, /sys, /dev (if the kernel has not), /dev/pts, /dev/shm, /run
+ *     and /run/lock; remounts / read-write; sets the host name from /etc/hostname;
+ *     brings up lo; gives a first boot its machine-id; creates /run/utmp and the
+ *     runtime directories listed in /etc/vminit/runtime-dirs;
+ *  2. starts the serial console's getty (agetty on ttyS0, respawned when it exits)
+ *     and /etc/vminit/boot, the shell script that starts the services;
+ *  3. reaps every process that ends (orphans come to PID 1);
+ *  4. shuts down on:
+ *     - the ACPI power button (KEY_POWER from an input device: minivmm presses it
+ *       on SIGTERM), SIGUSR2 or SIGPWR: power off;
+ *     - `poweroff`, `halt`, `reboot`, `shutdown`: Debian's are systemctl, which
+ *       without systemd falls back to SysV's /run/initctl (runlevel 0 or 6);
+ *     - SIGTERM or SIGINT (Ctrl-Alt-Del): reboot.
+ *     Shutting down sends SIGTERM to every process, waits until all have ended
+ *     (at most vminit.stop_timeout= seconds from the kernel command line, default
+ *     60: MariaDB flushes its tables), then SIGKILL; unmounts, remounts / read-only,
+ *     syncs, and powers off (ACPI S5: minivmm exits 0) or reboots (minivmm exits 0).
+ *
+ * Progress lines go to the console with the seconds since boot:
+ *   [   95.21] vminit: ...
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/input.h>
+#include <net/if.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/random.h>
+#include <sys/reboot.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BOOT_SCRIPT "/etc/vminit/boot"
+#define RUNTIME_DIRS "/etc/vminit/runtime-dirs"
+#define INITCTL "/run/initctl"
+#define MAX_INPUTS 8
+/* Debian's base-passwd gives the utmp group this fixed gid. */
+#define UTMP_GID 43
+
+static const char *const child_env[] = {
+	"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+	"HOME=/root",
+	"TERM=vt220",
+	"LANG=C.UTF-8",
+	NULL,
+};
+
+static const char *const getty_argv[] = {
+	"/sbin/agetty", "-o", "-p -- \\u", "--keep-baud", "115200,57600,38400,9600",
+	"ttyS0", "vt220", NULL,
+};
+
+static pid_t getty_pid, boot_pid;
+static struct timespec getty_started;
+
+static double uptime(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_BOOTTIME, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void say(const char *fmt, ...)
+{
+	char buf[512];
+	int n = snprintf(buf, sizeof(buf), "[%9.2f] vminit: ", uptime());
+	va_list ap;
+	va_start(ap, fmt);
+	n += vsnprintf(buf + n, sizeof(buf) - n - 1, fmt, ap);
+	va_end(ap);
+	if (n > (int)sizeof(buf) - 2)
+		n = sizeof(buf) - 2;
+	buf[n++] = '\n';
+	/* The console is fd 1 (the kernel opened /dev/console for init). */
+	(void)!write(1, buf, n);
+}
+
+/* mount(2), quiet when the file system is there already (EBUSY). */
+static void mnt(const char *src, const char *dir, const char *type, unsigned long flags,
+		const char *data)
+{
+	mkdir(dir, 0755);
+	if (mount(src, dir, type, flags, data) < 0 && errno != EBUSY)
+		say("mounting %s on %s: %s", type, dir, strerror(errno));
+}
+
+static void mount_api_filesystems(void)
+{
+	const unsigned long nosuid_nodev_noexec = MS_NOSUID | MS_NODEV | MS_NOEXEC;
+	mnt("proc", "/proc", "proc", nosuid_nodev_noexec, NULL);
+	mnt("sysfs", "/sys", "sysfs", nosuid_nodev_noexec, NULL);
+	mnt("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=755");
+	mnt("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "gid=5,mode=620,ptmxmode=000");
+	mnt("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
+	mnt("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=20%");
+	mnt("tmpfs", "/run/lock", "tmpfs", nosuid_nodev_noexec, "mode=1777,size=5m");
+	/* Debian links /dev/fd and friends in systemd's tmpfiles; the shells need them. */
+	symlink("/proc/self/fd", "/dev/fd");
+	symlink("/proc/self/fd/0", "/dev/stdin");
+	symlink("/proc/self/fd/1", "/dev/stdout");
+	symlink("/proc/self/fd/2", "/dev/stderr");
+	struct statvfs sv;
+	if (statvfs("/", &sv) == 0 && (sv.f_flag & ST_RDONLY) &&
+	    mount(NULL, "/", NULL, MS_REMOUNT, NULL) < 0)
+		say("remounting / read-write: %s", strerror(errno));
+}
+
+/* The first line of PATH into buf (newline removed); 0 on success. */
+static int read_line(const char *path, char *buf, size_t len)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ssize_t n = read(fd, buf, len - 1);
+	close(fd);
+	if (n < 0)
+		return -1;
+	buf[n] = 0;
+	buf[strcspn(buf, "\n")] = 0;
+	return 0;
+}
+
+static void set_hostname(void)
+{
+	char name[65];
+	if (read_line("/etc/hostname", name, sizeof(name)) == 0 && name[0] &&
+	    sethostname(name, strlen(name)) < 0)
+		say("sethostname %s: %s", name, strerror(errno));
+}
+
+static void loopback_up(void)
+{
+	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	struct ifreq ifr = {0};
+	strcpy(ifr.ifr_name, "lo");
+	if (s < 0 || ioctl(s, SIOCGIFFLAGS, &ifr) < 0 ||
+	    (ifr.ifr_flags |= IFF_UP, ioctl(s, SIOCSIFFLAGS, &ifr) < 0))
+		say("bringing up lo: %s", strerror(errno));
+	if (s >= 0)
+		close(s);
+}
+
+/* An empty /etc/machine-id (the image's) gets a random one, as systemd does on a
+ * first boot: every VM made from the image has its own. */
+static void machine_id(void)
+{
+	struct stat st;
+	if (stat("/etc/machine-id", &st) == 0 && st.st_size > 0)
+		return;
+	uint8_t id[16];
+	if (getrandom(id, sizeof(id), 0) != sizeof(id))
+		return;
+	id[6] = (id[6] & 0x0f) | 0x40; /* a v4 UUID, as systemd makes */
+	id[8] = (id[8] & 0x3f) | 0x80;
+	char hex[34];
+	for (int i = 0; i < 16; i++)
+		snprintf(hex + 2 * i, 3, "%02x", id[i]);
+	hex[32] = '\n';
+	int fd = open("/etc/machine-id", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0444);
+	if (fd < 0 || write(fd, hex, 33) != 33)
+		say("writing /etc/machine-id: %s", strerror(errno));
+	if (fd >= 0)
+		close(fd);
+}
+
+/* The uid (or gid, with group=1) of NAME from /etc/passwd (/etc/group); -1 if none. */
+static long lookup_id(const char *name, int group)
+{
+	FILE *f = fopen(group ? "/etc/group" : "/etc/passwd", "re");
+	char line[512];
+	long id = -1;
+	size_t len = strlen(name);
+	while (f && fgets(line, sizeof(line), f)) {
+		char *p;
+		if (strncmp(line, name, len) || line[len] != ':')
+			continue;
+		p = strchr(line + len + 1, ':'); /* past the password field */
+		if (p)
+			id = strtol(p + 1, NULL, 10);
+		break;
+	}
+	if (f)
+		fclose(f);
+	return id;
+}
+
+/* /etc/vminit/runtime-dirs: "PATH MODE USER GROUP" per line, what the services'
+ * units would have created under /run (RuntimeDirectory=, tmpfiles.d). */
+static void runtime_dirs(void)
+{
+	int fd = open("/run/utmp", O_WRONLY | O_CREAT | O_CLOEXEC, 0664);
+	if (fd >= 0) {
+		fchown(fd, 0, UTMP_GID);
+		close(fd);
+	}
+	FILE *f = fopen(RUNTIME_DIRS, "re");
+	char line[512], path[256], user[64], group[64];
+	unsigned mode;
+	while (f && fgets(line, sizeof(line), f)) {
+		if (line[0] == '#' || sscanf(line, "%255s %o %63s %63s", path, &mode, user, group) != 4)
+			continue;
+		long uid = lookup_id(user, 0), gid = lookup_id(group, 1);
+		if (mkdir(path, mode) < 0 && errno != EEXIST)
+			say("mkdir %s: %s", path, strerror(errno));
+		else if (chmod(path, mode) < 0 || chown(path, uid, gid) < 0)
+			say("chown %s %s:%s: %s", path, user, group, strerror(errno));
+	}
+	if (f)
+		fclose(f);
+}
+
+static pid_t spawn(const char *const argv[], int console)
+{
+	pid_t pid = fork();
+	if (pid < 0) {
+		say("fork for %s: %s", argv[0], strerror(errno));
+		return -1;
+	}
+	if (pid > 0)
+		return pid;
+	sigset_t none;
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	setsid();
+	if (!console) {
+		int fd = open("/dev/null", O_RDWR);
+		dup2(fd, 0);
+		dup2(fd, 1);
+		dup2(fd, 2);
+		if (fd > 2)
+			close(fd);
+	}
+	execve(argv[0], (char *const *)argv, (char *const *)child_env);
+	say("exec %s: %s", argv[0], strerror(errno));
+	_exit(127);
+}
+
+static void start_getty(void)
+{
+	getty_pid = spawn(getty_argv, 0);
+	clock_gettime(CLOCK_BOOTTIME, &getty_started);
+}
+
+/* Input devices that can send KEY_POWER (the ACPI power button). */
+static int open_power_buttons(struct pollfd *pfd, int max)
+{
+	int n = 0;
+	DIR *d = opendir("/dev/input");
+	struct dirent *e;
+	while (d && n < max && (e = readdir(d))) {
+		char path[300];
+		unsigned long keys[KEY_MAX / (8 * sizeof(long)) + 1] = {0};
+		if (strncmp(e->d_name, "event", 5))
+			continue;
+		snprintf(path, sizeof(path), "/dev/input/%s", e->d_name);
+		int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		if (ioctl(fd, EVIOCGBIT(EV_KEY, sizeof(keys)), keys) >= 0 &&
+		    (keys[KEY_POWER / (8 * sizeof(long))] >> (KEY_POWER % (8 * sizeof(long)))) & 1) {
+			pfd[n].fd = fd;
+			pfd[n].events = POLLIN;
+			n++;
+		} else {
+			close(fd);
+		}
+	}
+	if (d)
+		closedir(d);
+	return n;
+}
+
+/* SysV's /run/initctl request, as systemctl's talk_initctl() writes it. */
+struct init_request {
+	int magic; /* 0x03091969 */
+	int cmd;   /* 1: change runlevel */
+	int runlevel;
+	int sleeptime;
+	char pad[368];
+};
+
+enum action { NONE, POWEROFF, REBOOT };
+
+static enum action read_initctl(int fd)
+{
+	struct init_request req;
+	enum action a = NONE;
+	while (read(fd, &req, sizeof(req)) == (ssize_t)sizeof(req)) {
+		if (req.magic != 0x03091969 || req.cmd != 1)
+			continue;
+		if (req.runlevel == '0')
+			a = POWEROFF;
+		else if (req.runlevel == '6')
+			a = REBOOT;
+	}
+	return a;
+}
+
+static int power_key_pressed(int fd)
+{
+	struct input_event ev[16];
+	ssize_t n;
+	int pressed = 0;
+	while ((n = read(fd, ev, sizeof(ev))) > 0)
+		for (size_t i = 0; i < n / sizeof(ev[0]); i++)
+			if (ev[i].type == EV_KEY && ev[i].code == KEY_POWER && ev[i].value == 1)
+				pressed = 1;
+	return pressed;
+}
+
+/* Reap what has ended; respawn the getty unless shutting down. */
+static void reap(int respawn)
+{
+	int status;
+	pid_t pid;
+	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+		if (pid == boot_pid) {
+			boot_pid = 0;
+			if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+				say("%s finished", BOOT_SCRIPT);
+			else
+				say("%s failed (status %d)", BOOT_SCRIPT, status);
+		} else if (pid == getty_pid) {
+			getty_pid = 0;
+			if (!respawn)
+				continue;
+			struct timespec now;
+			clock_gettime(CLOCK_BOOTTIME, &now);
+			if (now.tv_sec - getty_started.tv_sec < 2) {
+				say("getty on ttyS0 exited at once; restarting it in 5 s");
+				sleep(5);
+			}
+			start_getty();
+		}
+	}
+}
+
+static int stop_timeout(void)
+{
+	char cmdline[4096];
+	if (read_line("/proc/cmdline", cmdline, sizeof(cmdline)) == 0) {
+		char *p = strstr(cmdline, "vminit.stop_timeout=");
+		if (p)
+			return atoi(p + strlen("vminit.stop_timeout="));
+	}
+	return 60;
+}
+
+static void unmount_all(void)
+{
+	/* Everything but the API file systems, last mounted first; / read-only. */
+	char dirs[64][256];
+	int n = 0;
+	FILE *f = fopen("/proc/self/mounts", "re");
+	char src[256], dir[256], type[64];
+	while (f && n < 64 && fscanf(f, "%255s %255s %63s %*[^\n]", src, dir, type) == 3) {
+		static const char *const api[] = {"proc", "sysfs", "devtmpfs", "devpts", "tmpfs",
+						  "cgroup2", "mqueue", "autofs", NULL};
+		int skip = !strcmp(dir, "/");
+		for (int i = 0; api[i]; i++)
+			skip |= !strcmp(type, api[i]);
+		if (!skip)
+			strcpy(dirs[n++], dir);
+	}
+	if (f)
+		fclose(f);
+	while (n-- > 0)
+		if (umount2(dirs[n], 0) < 0)
+			say("unmounting %s: %s", dirs[n], strerror(errno));
+	sync();
+	if (mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY, NULL) < 0)
+		say("remounting / read-only: %s", strerror(errno));
+}
+
+static void shutdown_now(enum action a, int sfd)
+{
+	say("%s: stopping all processes", a == POWEROFF ? "power off" : "reboot");
+	kill(-1, SIGTERM);
+	kill(-1, SIGCONT);
+	double deadline = uptime() + stop_timeout();
+	struct pollfd p = {.fd = sfd, .events = POLLIN};
+	for (;;) {
+		struct signalfd_siginfo si;
+		while (read(sfd, &si, sizeof(si)) > 0)
+			;
+		int status;
+		pid_t pid;
+		while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
+			;
+		if (pid < 0 && errno == ECHILD)
+			break;
+		double left = deadline - uptime();
+		if (left <= 0) {
+			say("processes still running after %d s: killing them", stop_timeout());
+			kill(-1, SIGKILL);
+			while (waitpid(-1, &status, 0) > 0)
+				;
+			break;
+		}
+		poll(&p, 1, (int)(left * 1000) + 1);
+	}
+	say("all processes ended; unmounting");
+	unmount_all();
+	say("%s", a == POWEROFF ? "powering off" : "rebooting");
+	reboot(a == POWEROFF ? RB_POWER_OFF : RB_AUTOBOOT);
+	say("reboot(2) failed: %s", strerror(errno));
+	for (;;)
+		pause();
+}
+
+/* Not PID 1: `init 0` / `init 6` (telinit) ask the running vminit through
+ * /run/initctl, as systemctl's fallback does. */
+static int telinit(int argc, char **argv)
+{
+	int rl = argc == 2 && strlen(argv[1]) == 1 ? argv[1][0] : 0;
+	if (rl != '0' && rl != '6') {
+		fprintf(stderr, "usage: %s 0|6 (power off or reboot; vminit runs as PID 1 only)\n",
+			argv[0]);
+		return 2;
+	}
+	struct init_request req = {.magic = 0x03091969, .cmd = 1, .runlevel = rl};
+	int fd = open(INITCTL, O_WRONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+	if (fd < 0 || write(fd, &req, sizeof(req)) != (ssize_t)sizeof(req)) {
+		fprintf(stderr, "%s: cannot write to %s: %s\n", argv[0], INITCTL, strerror(errno));
+		return 1;
+	}
+	close(fd);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (getpid() != 1)
+		return telinit(argc, argv);
+	umask(022);
+	sigset_t set;
+	sigemptyset(&set);
+	int sigs[] = {SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2, SIGPWR, SIGQUIT};
+	for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
+		sigaddset(&set, sigs[i]);
+	sigprocmask(SIG_BLOCK, &set, NULL);
+	int sfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+	reboot(RB_DISABLE_CAD); /* Ctrl-Alt-Del: SIGINT to us */
+
+	say("starting (PID 1)");
+	mount_api_filesystems();
+	set_hostname();
+	loopback_up();
+	machine_id();
+	runtime_dirs();
+	unlink(INITCTL);
+	int ifd = -1;
+	if (mkfifo(INITCTL, 0600) == 0)
+		ifd = open(INITCTL, O_RDWR | O_NONBLOCK | O_CLOEXEC);
+	if (ifd < 0)
+		say("no %s: %s (poweroff and reboot will not work)", INITCTL, strerror(errno));
+
+	struct pollfd pfd[2 + MAX_INPUTS];
+	pfd[0] = (struct pollfd){.fd = sfd, .events = POLLIN};
+	pfd[1] = (struct pollfd){.fd = ifd, .events = POLLIN};
+	int nbuttons = open_power_buttons(pfd + 2, MAX_INPUTS);
+	if (!nbuttons)
+		say("no power button found (SIGTERM to minivmm will not power off)");
+
+	start_getty();
+	static const char *const boot_argv[] = {"/bin/sh", BOOT_SCRIPT, NULL};
+	boot_pid = spawn(boot_argv, 1);
+
+	enum action a = NONE;
+	while (a == NONE) {
+		if (poll(pfd, 2 + nbuttons, -1) < 0 && errno != EINTR)
+			say("poll: %s", strerror(errno));
+		struct signalfd_siginfo si;
+		while (read(sfd, &si, sizeof(si)) == sizeof(si)) {
+			switch (si.ssi_signo) {
+			case SIGTERM:
+			case SIGINT:
+				a = REBOOT;
+				break;
+			case SIGUSR1:
+			case SIGUSR2:
+			case SIGPWR:
+				a = POWEROFF;
+				break;
+			default:
+				break;
+			}
+		}
+		reap(a == NONE);
+		if (ifd >= 0 && (pfd[1].revents & POLLIN) && a == NONE)
+			a = read_initctl(ifd);
+		for (int i = 0; i < nbuttons; i++)
+			if ((pfd[2 + i].revents & POLLIN) && power_key_pressed(pfd[2 + i].fd)) {
+				say("power button pressed");
+				a = POWEROFF;
+			}
+	}
+	shutdown_now(a, sfd);
+	return 0;
+}
