@@ -242,7 +242,12 @@ say "applying debian/overlay and the unit lists"
 cp -a --no-preserve=ownership "$DEB/overlay/." "$ROOT/"
 
 # vminit (debian/vminit.c): the light PID 1, static like the test guest's mvtool.
+# It is the image's /sbin/init; systemd-sysv's /sbin/init (a link to systemd) is
+# diverted to /sbin/init.systemd, so that package upgrades keep it there, and
+# init=/lib/systemd/systemd on the kernel command line boots systemd instead.
 run gcc -O2 -static -Wall -Wextra -Werror -o "$ROOT/usr/local/sbin/vminit" "$DEB/vminit.c"
+run dpkg-divert --root="$ROOT" --local --rename --divert /sbin/init.systemd --add /sbin/init
+ln -sfn /usr/local/sbin/vminit "$ROOT/sbin/init"
 
 # Units no default boot of a lab VM needs: each line "unit" masks it (a link to
 # /dev/null in /etc, so a package upgrade does not bring it back).

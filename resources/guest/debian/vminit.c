@@ -16,7 +16,9 @@
  *     runtime directories listed in /etc/vminit/runtime-dirs;
  *  2. starts the serial console's getty (agetty on ttyS0, respawned when it exits)
  *     and /etc/vminit/boot, the shell script that starts the services;
- *  3. reaps every process that ends (orphans come to PID 1);
+ *  3. reaps every process that ends (orphans come to PID 1), and keeps the syslog
+ *     socket /dev/log: what programs send there (sshd's PAM, sudo, login, logger)
+ *     is appended to /var/log/syslog;
  *  4. shuts down on:
  *     - the ACPI power button (KEY_POWER from an input device: minivmm presses it
  *       on SIGTERM), SIGUSR2 or SIGPWR: power off;
@@ -53,6 +55,7 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/types.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -60,6 +63,8 @@
 #define BOOT_SCRIPT "/etc/vminit/boot"
 #define RUNTIME_DIRS "/etc/vminit/runtime-dirs"
 #define INITCTL "/run/initctl"
+#define SYSLOG_SOCKET "/dev/log"
+#define SYSLOG_FILE "/var/log/syslog"
 #define MAX_INPUTS 8
 /* Debian's base-passwd gives the utmp group this fixed gid. */
 #define UTMP_GID 43
@@ -297,6 +302,48 @@ static int open_power_buttons(struct pollfd *pfd, int max)
 	return n;
 }
 
+/* /dev/log, the socket syslog(3) writes to; -1 if it cannot be made. */
+static int open_syslog(void)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	strcpy(sa.sun_path, SYSLOG_SOCKET);
+	unlink(SYSLOG_SOCKET);
+	int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+	    chmod(SYSLOG_SOCKET, 0666) < 0) {
+		say("no %s: %s", SYSLOG_SOCKET, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/* Append the waiting syslog messages to /var/log/syslog, without their <PRI>. */
+static void read_syslog(int fd, int *out)
+{
+	char buf[4096];
+	ssize_t n;
+	while ((n = recv(fd, buf, sizeof(buf) - 1, 0)) > 0) {
+		char *m = buf;
+		if (*out < 0)
+			*out = open(SYSLOG_FILE, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+		if (*out < 0)
+			continue;
+		if (m[0] == '<') {
+			char *end = memchr(m, '>', n < 5 ? n : 5);
+			if (end) {
+				n -= end + 1 - m;
+				m = end + 1;
+			}
+		}
+		while (n > 0 && (m[n - 1] == '\n' || m[n - 1] == 0))
+			n--;
+		m[n++] = '\n';
+		(void)!write(*out, m, n);
+	}
+}
+
 /* SysV's /run/initctl request, as systemctl's talk_initctl() writes it. */
 struct init_request {
 	int magic; /* 0x03091969 */
@@ -482,10 +529,13 @@ int main(int argc, char **argv)
 	if (ifd < 0)
 		say("no %s: %s (poweroff and reboot will not work)", INITCTL, strerror(errno));
 
-	struct pollfd pfd[2 + MAX_INPUTS];
+	int logfd = open_syslog(), logout = -1;
+
+	struct pollfd pfd[3 + MAX_INPUTS];
 	pfd[0] = (struct pollfd){.fd = sfd, .events = POLLIN};
 	pfd[1] = (struct pollfd){.fd = ifd, .events = POLLIN};
-	int nbuttons = open_power_buttons(pfd + 2, MAX_INPUTS);
+	pfd[2] = (struct pollfd){.fd = logfd, .events = POLLIN};
+	int nbuttons = open_power_buttons(pfd + 3, MAX_INPUTS);
 	if (!nbuttons)
 		say("no power button found (SIGTERM to minivmm will not power off)");
 
@@ -495,7 +545,7 @@ int main(int argc, char **argv)
 
 	enum action a = NONE;
 	while (a == NONE) {
-		if (poll(pfd, 2 + nbuttons, -1) < 0 && errno != EINTR)
+		if (poll(pfd, 3 + nbuttons, -1) < 0 && errno != EINTR)
 			say("poll: %s", strerror(errno));
 		struct signalfd_siginfo si;
 		while (read(sfd, &si, sizeof(si)) == sizeof(si)) {
@@ -516,11 +566,21 @@ int main(int argc, char **argv)
 		reap(a == NONE);
 		if (ifd >= 0 && (pfd[1].revents & POLLIN) && a == NONE)
 			a = read_initctl(ifd);
+		if (logfd >= 0 && (pfd[2].revents & POLLIN))
+			read_syslog(logfd, &logout);
 		for (int i = 0; i < nbuttons; i++)
-			if ((pfd[2 + i].revents & POLLIN) && power_key_pressed(pfd[2 + i].fd)) {
+			if ((pfd[3 + i].revents & POLLIN) && power_key_pressed(pfd[3 + i].fd)) {
 				say("power button pressed");
 				a = POWEROFF;
 			}
+	}
+	/* The root file system is remounted read-only at the end: nothing open for writing.
+	 * Without a reader, the socket would block senders once its queue is full. */
+	if (logout >= 0)
+		close(logout);
+	if (logfd >= 0) {
+		close(logfd);
+		unlink(SYSLOG_SOCKET);
 	}
 	shutdown_now(a, sfd);
 	return 0;
