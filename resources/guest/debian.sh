@@ -11,10 +11,12 @@
 # holds vmlinux and debian.img (plus the kernel's config and System.map, and
 # packages.txt: what is installed). Everything else goes to stderr or the log.
 #
-# Boot it (minivmm's PVM CPU template and ACPI are picked by default):
-#   minivmm --kernel DIR/vmlinux --disk debian.img --memory 1G --cpus 2 \
-#           --cmdline 'root=/dev/vda1 rw'
-# Work on a copy of debian.img (cp --sparse=always): the VM writes to it.
+# Boot it (minivmm's PVM CPU template and ACPI are picked by default, and the root
+# file system is found on the GPT: root=PARTUUID=...):
+#   minivmm --kernel DIR/vmlinux --disk vm.img --cloud-init SEED --memory 1G --cpus 2
+# with vm.img a copy of debian.img (cp --sparse=always): the VM writes to it. The
+# image boots vminit (debian/vminit.c), a light PID 1 for hosts whose KVM emulates
+# guest kernel code; init=/lib/systemd/systemd on the command line boots systemd.
 #
 # Caching, like build.sh and in the same cache root
 # (${MINIVMM_GUEST_DIR:-$HOME/.cache/minivmm/guest}):
@@ -66,7 +68,7 @@ die() {
 # --- 1. tools and packages -------------------------------------------------------
 need_pkgs=()
 for pkg in linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev \
-	xz-utils mmdebstrap fdisk e2fsprogs dosfstools util-linux; do
+	xz-utils mmdebstrap fdisk e2fsprogs util-linux; do
 	dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
 if ((${#need_pkgs[@]})); then
@@ -267,7 +269,8 @@ done <"$DEB/masked-generators"
 while read -r verb unit _; do
 	case $verb in "" | "#"*) continue ;; esac
 	case $verb in
-	enable | disable) run systemctl --root="$ROOT" "$verb" "$unit" ;;
+	# The image's own systemctl (offline in a chroot: it only edits links).
+	enable | disable) run chroot "$ROOT" /usr/bin/systemctl "$verb" "$unit" ;;
 	*) die "debian/units: unknown verb '$verb'" ;;
 	esac
 done <"$DEB/units"
