@@ -10,14 +10,16 @@
 #   - the benchmark charts in docs/bench/ rendered in a headless Chromium and checked
 #     (resources/bench/check-charts.sh installs Debian's chromium; full runs only),
 #   - prints a summary: boots, seconds per boot, the speed factor, the slowest tests.
-# Needs root (KVM, tap devices, network namespaces). --servers adds the labs on the Debian
-# server image (tests/labs.rs: ssh-pair), --servers --all-labs the big ones too. Other
+# Needs root (KVM, tap devices, network namespaces). --servers adds the tests on the Debian
+# server image (tests/debian.rs: cloud-init and SSH on two VMs; tests/labs.rs: ssh-pair),
+# --servers --all-labs the big labs too. Other
 # arguments go to
 # `cargo nextest run` / `cargo test`, e.g. ./test.sh -p vmm, or ./test.sh --test disk.
 # tests/README.md says how the deadlines work and how to run one test alone.
 set -euo pipefail
 cd "$(dirname "$0")"
-# --servers: the labs on the Debian server image (tests/labs.rs: ssh_pair, 2 VMs);
+# --servers: the tests on the Debian server image (tests/debian.rs, 2 VMs; tests/labs.rs:
+# ssh_pair, 2 VMs);
 # --all-labs: with --servers, also those that boot three or four Debian VMs each
 # (mysql_tls_backup, web_data_clients).
 args=()

@@ -13,12 +13,13 @@
 //! * the `ssh-pair` lab end to end on the Debian server image (see `docs/labs/ssh-pair.md`).
 //!   The other labs run with `MINIVMM_TEST_ALL_LABS=1`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use minivmm_tests::{guest_file, minivmm_bin, repo_root, Budget, CpuSlots, NetNs, TempDir};
+use minivmm_tests::{
+    debian_dir, guest_file, minivmm_bin, repo_root, servers, Budget, CpuSlots, NetNs, TempDir,
+};
 
 const BAD_INPUT: i32 = 2;
 
@@ -471,24 +472,6 @@ fn text_of(o: &Output) -> String {
 
 // --- labs on the Debian server image ---------------------------------------------------------
 
-/// The Debian server image: `$MINIVMM_DEBIAN_DIR`, else built (or found in the cache) by
-/// `resources/guest/debian.sh`.
-fn debian_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        if let Some(d) = std::env::var_os("MINIVMM_DEBIAN_DIR") {
-            return PathBuf::from(d);
-        }
-        let out = Command::new("bash")
-            .arg(repo_root().join("resources/guest/debian.sh"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("running resources/guest/debian.sh");
-        assert!(out.status.success(), "resources/guest/debian.sh failed");
-        PathBuf::from(text(&out.stdout).lines().last().unwrap().trim())
-    })
-}
-
 /// Reference-host time of one Debian lab VM's boot to cloud-init's final message, with
 /// margin (scaled by the host's speed, like every budget).
 const DEBIAN_BOOT_BASE: Duration = Duration::from_secs(240);
@@ -590,19 +573,6 @@ impl Drop for UpLab<'_> {
             );
         }
     }
-}
-
-/// Whether the labs on the Debian server image run at all (`MINIVMM_TEST_SERVERS=1`,
-/// `./test.sh --servers`): they need the image, which `resources/guest/debian.sh` builds.
-/// Without it the test says so and passes.
-fn servers() -> bool {
-    let on = std::env::var("MINIVMM_TEST_SERVERS").is_ok_and(|v| v == "1");
-    if !on {
-        eprintln!(
-            "SKIPPED: set MINIVMM_TEST_SERVERS=1 (./test.sh --servers) to run the Debian labs"
-        );
-    }
-    on
 }
 
 #[test]

@@ -469,6 +469,41 @@ pub fn seccomp_of_threads(pid: u32) -> Vec<(String, String)> {
     out
 }
 
+// --- the Debian server image -----------------------------------------------------------
+
+/// Whether the tests on the Debian server image run at all (`MINIVMM_TEST_SERVERS=1`,
+/// `./test.sh --servers`): they need the image, which `resources/guest/debian.sh` builds
+/// (minutes), and each boots Debian VMs (minutes each on a PVM host). Without it the test
+/// says so and passes.
+pub fn servers() -> bool {
+    let on = std::env::var("MINIVMM_TEST_SERVERS").is_ok_and(|v| v == "1");
+    if !on {
+        eprintln!(
+            "SKIPPED: set MINIVMM_TEST_SERVERS=1 (./test.sh --servers) to run the Debian server tests"
+        );
+    }
+    on
+}
+
+/// The Debian server image's directory (`vmlinux`, `debian.img`): `$MINIVMM_DEBIAN_DIR`,
+/// else built (or found in the cache) by `resources/guest/debian.sh`.
+pub fn debian_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Some(d) = std::env::var_os("MINIVMM_DEBIAN_DIR") {
+            return PathBuf::from(d);
+        }
+        let out = Command::new("bash")
+            .arg(repo_root().join("resources/guest/debian.sh"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("running resources/guest/debian.sh");
+        assert!(out.status.success(), "resources/guest/debian.sh failed");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        PathBuf::from(stdout.lines().last().unwrap_or_default().trim())
+    })
+}
+
 // --- a running minivmm -------------------------------------------------------------------
 
 /// A running minivmm whose console and log are collected while it runs, so a test can wait
@@ -596,6 +631,16 @@ impl Vm {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Whether the VM has used up its budget (CPU or wall time).
+    pub fn over_budget(&mut self) -> bool {
+        self.clock.spent(&self.budget)
+    }
+
+    /// Whether minivmm is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().unwrap().try_wait().unwrap().is_none()
     }
 
     /// Send `signal` to minivmm.

@@ -157,7 +157,18 @@ run() { # run a command with its output going to the log
 	"$@" >>"$LOG" 2>&1
 }
 
-# --- 3. kernel: tinyconfig + kernel-server.config, verified, built -------------------
+# --- 3. the Debian base: mmdebstrap into a tarball (cached) ----------------------------
+if [ -s "$BASE" ]; then
+	say "base cached: $BASE"
+else
+	say "mmdebstrap $SUITE (downloads ~200 MB; takes minutes)"
+	rm -f "$BASE.tmp"
+	run mmdebstrap --mode=root --format=tar "${MMDEBSTRAP_OPTS[@]}" \
+		"$SUITE" "$BASE.tmp" "${MIRRORS[@]}"
+	mv "$BASE.tmp" "$BASE"
+fi
+
+# --- 4. kernel: tinyconfig + kernel-server.config, verified, built -------------------
 verify_config() {
 	local cfg=$1 frag=$2 bad=0 line opt want got
 	while IFS= read -r line || [ -n "$line" ]; do
@@ -220,17 +231,6 @@ else
 	mv "$KOUT.tmp" "$KOUT"
 fi
 cp "$KOUT/vmlinux" "$KOUT/System.map" "$KOUT/config" "$TMP/"
-
-# --- 4. the Debian base: mmdebstrap into a tarball (cached) ----------------------------
-if [ -s "$BASE" ]; then
-	say "base cached: $BASE"
-else
-	say "mmdebstrap $SUITE (downloads ~200 MB; takes minutes)"
-	rm -f "$BASE.tmp"
-	run mmdebstrap --mode=root --format=tar "${MMDEBSTRAP_OPTS[@]}" \
-		"$SUITE" "$BASE.tmp" "${MIRRORS[@]}"
-	mv "$BASE.tmp" "$BASE"
-fi
 
 # --- 5. the root tree: base + overlay + unit set ----------------------------------------
 ROOT=$TMP/root

@@ -14,6 +14,8 @@
  *     and /run/lock; remounts / read-write; sets the host name from /etc/hostname;
  *     brings up lo; gives a first boot its machine-id; creates /run/utmp and the
  *     runtime directories listed in /etc/vminit/runtime-dirs;
+ *     when the kernel does not save the AVX/AVX-512 registers that user space can
+ *     use (see vector_state_guard()), tells glibc and OpenSSL not to use them;
  *  2. starts the serial console's getty (agetty on ttyS0, respawned when it exits)
  *     and /etc/vminit/boot, the shell script that starts the services;
  *  3. reaps every process that ends (orphans come to PID 1), and keeps the syslog
@@ -58,6 +60,7 @@
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
+#include <cpuid.h>
 #include <unistd.h>
 
 #define BOOT_SCRIPT "/etc/vminit/boot"
@@ -502,6 +505,136 @@ static int telinit(int argc, char **argv)
 	return 0;
 }
 
+/*
+ * The vector registers the kernel does not save (PVM hosts).
+ *
+ * On a host whose KVM runs guest kernel code in its instruction emulator (PVM),
+ * the kernel cannot execute XSAVE, so minivmm's PVM CPU template boots it with
+ * clearcpuid=xsave: it switches the FPU state between processes with FXSAVE, which
+ * covers the x87 and SSE registers only. Guest user code, however, runs natively
+ * there, where CPUID is not intercepted and XCR0 is the host's: glibc and OpenSSL
+ * find AVX2 and AVX-512 usable and use them, and every process then shares the
+ * upper halves of the vector registers, ZMM16-31 and the mask registers with the
+ * others. A context switch in the middle of an AVX2 memcpy hands it another
+ * process's registers: random crashes (mariadbd, perl, login, Python) and corrupt
+ * data on busy guests.
+ *
+ * Detected, not assumed: the kernel lists "xsave" in /proc/cpuinfo when it saves
+ * the extended state; when it does not, but CPUID (in user mode) says the OS has
+ * enabled XSAVE and XCR0 has state beyond x87|SSE, vminit puts
+ *   GLIBC_TUNABLES=glibc.cpu.hwcaps=-OSXSAVE  (glibc: no AVX, FMA, AVX2, AVX-512)
+ *   OPENSSL_ia32cap=~0x1000100000000000:0       (OpenSSL: no AVX, FMA, leaf-7 extensions)
+ * in its own environment (every process it starts inherits them) and in
+ * /etc/environment (between two marker lines), which pam_env reads for SSH, console
+ * and sudo sessions; it removes those lines when the kernel saves the state (the same
+ * image on a VT-x/AMD-V host). vminit.vector_guard=off on the kernel command line
+ * turns this off. Set-uid programs ignore both variables; one process using AVX alone
+ * is safe, since two are needed for one to see the other's registers.
+ */
+#define ENV_FILE "/etc/environment"
+#define ENV_BEGIN "# vminit: the kernel does not save AVX state (begin; see vminit.c)"
+#define ENV_END "# vminit: end"
+static const char *const GUARD_VARS[][2] = {
+	{"GLIBC_TUNABLES", "glibc.cpu.hwcaps=-OSXSAVE"},
+	{"OPENSSL_ia32cap", "~0x1000100000000000:0"},
+};
+
+static int kernel_saves_xstate(void)
+{
+	FILE *f = fopen("/proc/cpuinfo", "re");
+	if (!f)
+		return 1; /* cannot tell: leave user space alone */
+	char line[4096];
+	int saves = 0;
+	while (fgets(line, sizeof(line), f)) {
+		if (strncmp(line, "flags", 5) != 0)
+			continue;
+		saves = strstr(line, " xsave ") != NULL || strstr(line, " xsave\n") != NULL;
+		break;
+	}
+	fclose(f);
+	return saves;
+}
+
+/* XCR0 as user space sees it, or 0 when the OS has not enabled XSAVE. */
+static uint64_t user_xcr0(void)
+{
+	unsigned a, b, c, d;
+	if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27)))
+		return 0;
+	uint32_t lo, hi;
+	__asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+	return ((uint64_t)hi << 32) | lo;
+}
+
+/* Rewrite /etc/environment without vminit's block, and with it if `add`. */
+static void environment_file(int add)
+{
+	char old[16384] = "", out[20480] = "";
+	int fd = open(ENV_FILE, O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd >= 0 ? read(fd, old, sizeof(old) - 1) : 0;
+	if (fd >= 0)
+		close(fd);
+	if (n < 0 || n == (ssize_t)sizeof(old) - 1)
+		return; /* unreadable or too big for us: leave it */
+	old[n] = 0;
+	int inside = 0, had = 0;
+	size_t len = 0;
+	for (char *line = strtok(old, "\n"); line; line = strtok(NULL, "\n")) {
+		if (strcmp(line, ENV_BEGIN) == 0) {
+			inside = had = 1;
+			continue;
+		}
+		if (inside) {
+			if (strcmp(line, ENV_END) == 0)
+				inside = 0;
+			continue;
+		}
+		len += snprintf(out + len, sizeof(out) - len, "%s\n", line);
+	}
+	if (add) {
+		len += snprintf(out + len, sizeof(out) - len, "%s\n", ENV_BEGIN);
+		for (size_t i = 0; i < sizeof(GUARD_VARS) / sizeof(GUARD_VARS[0]); i++)
+			len += snprintf(out + len, sizeof(out) - len, "%s=\"%s\"\n", GUARD_VARS[i][0],
+					GUARD_VARS[i][1]);
+		len += snprintf(out + len, sizeof(out) - len, "%s\n", ENV_END);
+	}
+	if (len >= sizeof(out) || (!add && !had))
+		return;
+	int w = open(ENV_FILE ".vminit", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (w < 0 || write(w, out, len) != (ssize_t)len || fsync(w) < 0 ||
+	    rename(ENV_FILE ".vminit", ENV_FILE) < 0)
+		say("cannot update %s: %s", ENV_FILE, strerror(errno));
+	if (w >= 0)
+		close(w);
+}
+
+static void vector_state_guard(void)
+{
+	char cmdline[4096] = "";
+	int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		ssize_t n = read(fd, cmdline, sizeof(cmdline) - 1);
+		cmdline[n > 0 ? n : 0] = 0;
+		close(fd);
+	}
+	uint64_t xcr0 = user_xcr0();
+	int unsaved = !kernel_saves_xstate() && (xcr0 & ~(uint64_t)3) != 0;
+	if (unsaved && strstr(cmdline, "vminit.vector_guard=off")) {
+		say("XCR0 %#llx: the kernel does not save AVX state, vminit.vector_guard=off: "
+		    "user space may use it",
+		    (unsigned long long)xcr0);
+		unsaved = 0;
+	} else if (unsaved) {
+		say("XCR0 %#llx but the kernel saves x87/SSE only (no xsave in /proc/cpuinfo): "
+		    "glibc and OpenSSL told not to use AVX (GLIBC_TUNABLES, OPENSSL_ia32cap)",
+		    (unsigned long long)xcr0);
+		for (size_t i = 0; i < sizeof(GUARD_VARS) / sizeof(GUARD_VARS[0]); i++)
+			setenv(GUARD_VARS[i][0], GUARD_VARS[i][1], 1);
+	}
+	environment_file(unsaved);
+}
+
 int main(int argc, char **argv)
 {
 	if (getpid() != 1)
@@ -521,6 +654,7 @@ int main(int argc, char **argv)
 	set_hostname();
 	loopback_up();
 	machine_id();
+	vector_state_guard();
 	runtime_dirs();
 	unlink(INITCTL);
 	int ifd = -1;

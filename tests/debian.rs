@@ -1,0 +1,355 @@
+//! The Debian server image end to end: `resources/guest/debian.sh`'s kernel and disk,
+//! configured by cloud-init from a `--cloud-init` seed, reached over SSH.
+//!
+//! Two VMs boot the same base image (each on its own sparse copy) with different seeds,
+//! on a bridge inside a network namespace this test creates and removes:
+//! - the seed's user-data creates a user with an SSH key made by the test, gives the VM
+//!   SSH host keys made by the test (so `ssh` checks them: `StrictHostKeyChecking=yes`)
+//!   and runs a command; its `network-config` (version 2) gives a static address to the
+//!   NIC matched by its MAC;
+//! - the host logs in over SSH at that address, reads the command's output, and checks
+//!   that `hostname` is the VM's `--name` and that the boot's state is `running`
+//!   (`systemctl is-system-running` under systemd, `/run/vminit/state` under vminit, the
+//!   image's default init: see resources/guest/README.md);
+//! - the two VMs have different identities (host name, machine-id, SSH host key);
+//! - `sudo poweroff` over SSH ends one minivmm with exit code 0, SIGTERM (the ACPI power
+//!   button) the other.
+//!
+//! A bad `--cloud-init` path (exit 2, one line, nothing left) is tested without the
+//! image, in tests/cloudinit.rs.
+//!
+//! Gated: only with `MINIVMM_TEST_SERVERS=1` (`./test.sh --servers`), since it needs the
+//! image (built on first use) and boots two Debian VMs (minutes each on a PVM host).
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use minivmm_tests::{debian_dir, servers, Budget, CpuSlots, NetNs, TempDir, Vm};
+
+/// The namespace's bridge and its network (the host side is .1).
+const BRIDGE: &str = "mvdeb0";
+const PREFIX: &str = "10.77.0";
+/// Reference-host time for one Debian VM to boot until cloud-init has finished, with
+/// margin; scaled by the host's measured speed like every budget.
+const BOOT_BASE: Duration = Duration::from_secs(420);
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn show(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        text(&o.stdout),
+        text(&o.stderr)
+    )
+}
+
+/// A new ed25519 key pair at `path` (and `path.pub`); returns the public key line.
+fn keygen(path: &Path, comment: &str) -> String {
+    let o = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+        .arg(path)
+        .output()
+        .expect("running ssh-keygen (openssh-client)");
+    assert!(o.status.success(), "ssh-keygen: {}", show(&o));
+    std::fs::read_to_string(path.with_extension("pub"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// One VM of the test: its name, MAC, address and files.
+struct Server {
+    name: String,
+    mac: String,
+    addr: String,
+    disk: PathBuf,
+    seed: PathBuf,
+    host_pub: String,
+}
+
+impl Server {
+    /// Make the VM's disk (a sparse copy of the base image) and seed directory.
+    fn new(tmp: &TempDir, n: u8, user_pub: &str, token: &str) -> Self {
+        let name = format!("srv-{}", (b'a' + n) as char);
+        let mac = format!("52:54:00:77:00:{:02x}", 0x10 + n);
+        let addr = format!("{PREFIX}.{}", 10 + n);
+        let disk = tmp.join(&format!("{name}.img"));
+        let o = std::process::Command::new("cp")
+            .arg("--sparse=always")
+            .arg(debian_dir().join("debian.img"))
+            .arg(&disk)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "cp: {}", show(&o));
+        let host_key = tmp.join(&format!("{name}-host"));
+        let host_pub = keygen(&host_key, &format!("root@{name}"));
+        let host_priv = std::fs::read_to_string(&host_key).unwrap();
+        let seed = tmp.join(&format!("{name}-seed"));
+        std::fs::create_dir(&seed).unwrap();
+        let indent = |s: &str| {
+            s.lines()
+                .map(|l| format!("      {l}\n"))
+                .collect::<String>()
+        };
+        let user_data = format!(
+            "#cloud-config\n\
+             users:\n\
+             \x20 - name: tester\n\
+             \x20   shell: /bin/bash\n\
+             \x20   sudo: ALL=(ALL) NOPASSWD:ALL\n\
+             \x20   ssh_authorized_keys:\n\
+             \x20     - {user_pub}\n\
+             ssh_keys:\n\
+             \x20 ed25519_private: |\n{}\
+             \x20 ed25519_public: {host_pub}\n\
+             runcmd:\n\
+             \x20 - [sh, -c, 'echo \"runcmd {token} $((6 * 7)) $(hostname)\" > /var/tmp/runcmd.out']\n",
+            indent(&host_priv)
+        );
+        std::fs::write(seed.join("user-data"), user_data).unwrap();
+        // cloud-init 22.4's systemd-networkd renderer matches the interface by the
+        // entry's name as well as by `match:`, so the entry is named as the kernel names
+        // the NIC (net.ifnames=0), and set-name says so.
+        let network = format!(
+            "version: 2\n\
+             ethernets:\n\
+             \x20 eth0:\n\
+             \x20   match:\n\
+             \x20     macaddress: \"{mac}\"\n\
+             \x20   set-name: eth0\n\
+             \x20   addresses: [{addr}/24]\n"
+        );
+        std::fs::write(seed.join("network-config"), network).unwrap();
+        Server {
+            name,
+            mac,
+            addr,
+            disk,
+            seed,
+            host_pub,
+        }
+    }
+
+    fn args(&self, cpus: usize) -> Vec<String> {
+        let dir = debian_dir();
+        [
+            "--kernel",
+            &dir.join("vmlinux").display().to_string(),
+            "--disk",
+            &self.disk.display().to_string(),
+            "--cloud-init",
+            &self.seed.display().to_string(),
+            "--name",
+            &self.name,
+            "--memory",
+            "1G",
+            "--cpus",
+            &cpus.to_string(),
+            "--net",
+            &format!("bridge={BRIDGE},mac={}", self.mac),
+            "--cmdline",
+            "net.ifnames=0",
+            // vminit gives services up to 60 s to stop (MariaDB flushes its tables).
+            "--shutdown-timeout",
+            "300s",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+}
+
+/// SSH from the namespace to `tester@server` with the test's key, the server's host key
+/// pinned in `known_hosts`.
+struct Ssh<'a> {
+    ns: &'a NetNs,
+    key: PathBuf,
+    known_hosts: PathBuf,
+}
+
+impl Ssh<'_> {
+    fn run(&self, s: &Server, cmd: &str) -> Output {
+        self.ns
+            .command(Path::new("/usr/bin/ssh"))
+            .arg("-i")
+            .arg(&self.key)
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
+            .args([
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=20",
+                "-o",
+                "LogLevel=ERROR",
+            ])
+            .arg(format!("tester@{}", s.addr))
+            .arg(cmd)
+            .output()
+            .unwrap()
+    }
+
+    /// `cmd`'s stdout; the command must succeed.
+    fn ok(&self, s: &Server, cmd: &str) -> String {
+        let o = self.run(s, cmd);
+        assert!(o.status.success(), "{}: ssh {cmd:?}: {}", s.name, show(&o));
+        text(&o.stdout)
+    }
+}
+
+/// The console line that ends a boot under vminit (the image's default init), and the
+/// one cloud-init's final stage prints under systemd.
+const BOOT_DONE: [&str; 2] = ["vminit: boot finished", " finished at "];
+
+/// Wait until `vm`'s console says the boot has finished (cloud-init included), then
+/// until SSH answers; fails with the console when the VM ends or runs out of its budget
+/// first. The guest is not polled over SSH while it boots: every login is a few new
+/// processes in the guest, which on a PVM host slows the boot it waits for. Returns the
+/// seconds from `t0` to the boot's end and to the first successful SSH command.
+fn wait_ready(ssh: &Ssh, s: &Server, vm: &mut Vm, t0: Instant) -> (f64, f64) {
+    let fail = |vm: &Vm, why: &str| -> ! {
+        panic!(
+            "{}: {why} after {:.0} s\nconsole:\n{}\nminivmm log:\n{}",
+            s.name,
+            t0.elapsed().as_secs_f64(),
+            vm.console(),
+            vm.log()
+        )
+    };
+    while !BOOT_DONE.iter().any(|l| vm.console().contains(l)) {
+        if !vm.running() || vm.over_budget() {
+            fail(vm, "the boot did not finish");
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let booted = t0.elapsed().as_secs_f64();
+    loop {
+        let o = ssh.run(s, "test -e /var/lib/cloud/instance/boot-finished");
+        if o.status.success() {
+            return (booted, t0.elapsed().as_secs_f64());
+        }
+        if !vm.running() || vm.over_budget() {
+            fail(vm, &format!("no SSH ({})", show(&o).replace('\n', " ")));
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    }
+}
+
+#[test]
+fn cloud_init_ssh_identity_and_shutdown() {
+    if !servers() {
+        return;
+    }
+    let dir = debian_dir();
+    eprintln!("Debian image: {}", dir.display());
+    let tmp = TempDir::new("debian");
+    let ns = NetNs::new("deb");
+    ns.create_bridge(BRIDGE, Some(&format!("{PREFIX}.1/24")));
+    let key = tmp.join("id_ed25519");
+    let user_pub = keygen(&key, "tester@host");
+    let token = format!("{:x}", std::process::id() as u64 * 7919);
+    let servers: Vec<Server> = (0..2)
+        .map(|n| Server::new(&tmp, n, &user_pub, &token))
+        .collect();
+    let known_hosts = tmp.join("known_hosts");
+    let lines: String = servers
+        .iter()
+        .map(|s| format!("{} {}\n", s.addr, s.host_pub))
+        .collect();
+    std::fs::write(&known_hosts, lines).unwrap();
+    let ssh = Ssh {
+        ns: &ns,
+        key,
+        known_hosts,
+    };
+
+    // Both at once, one vCPU each (two cores: no more vCPUs in flight than cores).
+    let budget = Budget::scaled(BOOT_BASE);
+    let t0 = Instant::now();
+    let mut vms: Vec<Vm> = servers
+        .iter()
+        .map(|s| {
+            let args = s.args(1);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            Vm::start(Some(&ns), &args, budget, CpuSlots::take(1))
+        })
+        .collect();
+    for (s, vm) in servers.iter().zip(vms.iter_mut()) {
+        let (booted, ready) = wait_ready(&ssh, s, vm, t0);
+        eprintln!(
+            "{}: boot finished (cloud-init included) after {booted:.0} s, SSH answered after \
+             {ready:.0} s",
+            s.name
+        );
+    }
+
+    // One login per VM (each costs the guest seconds of emulated kernel work): every
+    // fact on its own line, as KEY=VALUE.
+    let facts_cmd = "echo \"runcmd=$(cat /var/tmp/runcmd.out)\"; \
+         echo \"hostname=$(hostname)\"; \
+         echo \"addr=$(ip -o -4 addr show dev eth0 | awk '{print $4}')\"; \
+         echo \"mac=$(cat /sys/class/net/eth0/address)\"; \
+         if [ -d /run/vminit ]; then \
+           echo \"state=$(cat /run/vminit/state) $(ls /run/vminit/failed 2>/dev/null)\"; \
+         else echo \"state=$(systemctl is-system-running)\"; fi; \
+         echo \"machine_id=$(cat /etc/machine-id)\"; \
+         echo \"host_key=$(ssh-keygen -l -f /etc/ssh/ssh_host_ed25519_key.pub)\"";
+    let mut ids = Vec::new();
+    for s in &servers {
+        let out = ssh.ok(s, facts_cmd);
+        let fact = |k: &str| -> String {
+            out.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                .unwrap_or_else(|| panic!("{}: no {k} in\n{out}", s.name))
+                .trim()
+                .to_string()
+        };
+        // The command from user-data ran, as root, on this VM.
+        assert_eq!(fact("runcmd"), format!("runcmd {token} 42 {}", s.name));
+        // The host name is --name (meta-data's local-hostname, generated by minivmm).
+        assert_eq!(fact("hostname"), s.name);
+        // The static address from network-config, on the NIC with the seed's MAC.
+        assert_eq!(fact("addr"), format!("{}/24", s.addr), "{out}");
+        assert_eq!(fact("mac"), s.mac, "{out}");
+        // The boot's state: everything started.
+        assert_eq!(fact("state"), "running", "{}: {out}", s.name);
+        // Who is this: machine-id and the SSH host key sshd serves (the seed's).
+        let id = (fact("machine_id"), fact("host_key"));
+        assert_eq!(id.0.len(), 32, "{out}");
+        let served = std::process::Command::new("ssh-keygen")
+            .arg("-l")
+            .arg("-f")
+            .arg(s.seed.with_file_name(format!("{}-host.pub", s.name)))
+            .output()
+            .unwrap();
+        let served = text(&served.stdout);
+        assert_eq!(
+            id.1.split_whitespace().nth(1),
+            served.split_whitespace().nth(1),
+            "{out}"
+        );
+        ids.push(id);
+    }
+    assert_ne!(ids[0].0, ids[1].0, "two VMs with the same machine-id");
+    assert_ne!(ids[0].1, ids[1].1, "two VMs with the same host key");
+
+    // `poweroff` over SSH: minivmm exits 0. (ssh itself may see the connection close.)
+    let _ = ssh.run(&servers[0], "sudo poweroff");
+    let mut vms = vms.drain(..);
+    let first = vms.next().unwrap().finish();
+    assert_eq!(first.code(), 0, "poweroff over SSH:\n{first}");
+    // SIGTERM: the ACPI power button, the guest's init powers off, minivmm exits 0.
+    let second = vms.next().unwrap();
+    second.signal(libc::SIGTERM);
+    let second = second.finish();
+    assert_eq!(second.code(), 0, "SIGTERM:\n{second}");
+    assert!(
+        second.stdout.contains("power button"),
+        "the guest did not see the power button:\n{second}"
+    );
+}
