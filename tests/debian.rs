@@ -228,10 +228,24 @@ fn wait_ready(ssh: &Ssh, s: &Server, vm: &mut Vm, t0: Instant) -> (f64, f64) {
         std::thread::sleep(Duration::from_secs(1));
     }
     let booted = t0.elapsed().as_secs_f64();
+    let mut tries = 0;
     loop {
+        let try_start = Instant::now();
         let o = ssh.run(s, "test -e /var/lib/cloud/instance/boot-finished");
+        tries += 1;
         if o.status.success() {
             return (booted, t0.elapsed().as_secs_f64());
+        }
+        // Say why SSH is not there yet (the first time and then once a minute), so a
+        // slow test shows whether sshd refused, timed out or was not listening.
+        if tries == 1 || tries % 20 == 0 {
+            eprintln!(
+                "{}: SSH try {tries} at {:.0} s took {:.0} s: {}",
+                s.name,
+                t0.elapsed().as_secs_f64(),
+                try_start.elapsed().as_secs_f64(),
+                show(&o).replace('\n', " ")
+            );
         }
         if !vm.running() || vm.over_budget() {
             fail(vm, &format!("no SSH ({})", show(&o).replace('\n', " ")));
@@ -298,7 +312,7 @@ fn cloud_init_ssh_identity_and_shutdown() {
            echo \"state=$(cat /run/vminit/state) $(ls /run/vminit/failed 2>/dev/null)\"; \
          else echo \"state=$(systemctl is-system-running)\"; fi; \
          echo \"machine_id=$(cat /etc/machine-id)\"; \
-         echo \"host_key=$(ssh-keygen -l -f /etc/ssh/ssh_host_ed25519_key.pub)\"";
+         echo \"host_key=$(ssh-keygen -l -f /etc/ssh/ssh_host_ed25519_key.pub 2>&1)\"";
     let mut ids = Vec::new();
     for s in &servers {
         let out = ssh.ok(s, facts_cmd);
