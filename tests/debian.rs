@@ -236,19 +236,19 @@ fn wait_ready(ssh: &Ssh, s: &Server, vm: &mut Vm, t0: Instant) -> (f64, f64) {
         if o.status.success() {
             return (booted, t0.elapsed().as_secs_f64());
         }
-        // Say why SSH is not there yet (the first time and then once a minute), so a
-        // slow test shows whether sshd refused, timed out or was not listening.
+        // Say why SSH is not there yet (the first try and every 20th), so a slow test
+        // shows whether sshd refused, timed out or was not listening.
+        let why = show(&o).replace('\n', " ");
         if tries == 1 || tries % 20 == 0 {
             eprintln!(
-                "{}: SSH try {tries} at {:.0} s took {:.0} s: {}",
+                "{}: SSH try {tries} at {:.0} s took {:.0} s: {why}",
                 s.name,
                 t0.elapsed().as_secs_f64(),
                 try_start.elapsed().as_secs_f64(),
-                show(&o).replace('\n', " ")
             );
         }
         if !vm.running() || vm.over_budget() {
-            fail(vm, &format!("no SSH ({})", show(&o).replace('\n', " ")));
+            fail(vm, &format!("no SSH ({why})"));
         }
         std::thread::sleep(Duration::from_secs(3));
     }
