@@ -11,7 +11,9 @@
 //!   lab, the lab's private key (`lab_key`), the CA and the VM's certificate
 //!   (`certificate`), the `files`, the extra disks' mounts (`bootcmd`), and a
 //!   `final_message` that
-//!   `up` waits for on the console ([`READY_MARKER`]).
+//!   `up` waits for on the console ([`READY_MARKER`]; on minivmm's Debian image, whose
+//!   cloud-init writes its output to a log file, `up` waits for the init's "boot
+//!   finished" line instead).
 //!
 //! With a `user_data` of the lab file's, `user-data` is a MIME multipart message, the
 //! lab's part first; the second part's `Merge-Type`

@@ -103,8 +103,12 @@ pub fn command(state: &Path, target: &str, cmd: &[String]) -> Result<Command, Er
             "GlobalKnownHostsFile=/dev/null",
             "-o",
             "StrictHostKeyChecking=yes",
+            // The timeout covers sshd's banner, which a guest sends only after sshd has
+            // forked and re-executed itself: on a busy PVM host (kernel code emulated)
+            // that alone has taken over 20 s. A VM that is not there fails sooner: no
+            // route (ARP) or refused.
             "-o",
-            "ConnectTimeout=30",
+            "ConnectTimeout=90",
             "-o",
             "LogLevel=ERROR",
         ])

@@ -9,8 +9,9 @@
 //! 3. Start the VMs in file order, at most `jobs` vCPUs booting at once: each gets its own
 //!    sparse (or reflinked) copy of its base image, its extra disks, a fresh seed, and a
 //!    keeper ([`crate::keeper`]) that runs its minivmm.
-//! 4. Wait until each prints cloud-init's final message on its console, or its minivmm
-//!    ends, or `timeout` passes; write `ready` with the time it took.
+//! 4. Wait until each prints cloud-init's final message (or the Debian image's "boot
+//!    finished") on its console, or its minivmm ends, or `timeout` passes; write `ready`
+//!    with the time it took.
 //!
 //! Running it again changes nothing that runs: VMs that are up are left alone (and shown
 //! as such), VMs that are down or crashed are started again with the disks they have, and
@@ -582,13 +583,21 @@ impl Booting {
         }
     }
 
-    /// Whether the marker has appeared in console.log since `pos`.
+    /// Whether the VM has said it is ready in console.log since `pos`: the lab's
+    /// `final_message` ([`READY_MARKER`]), or the line minivmm's Debian image prints once
+    /// cloud-init's final stage and its services are done ([`BOOT_FINISHED`]). That image
+    /// sends cloud-init's output, the final message included, to a log file, not to the
+    /// console (a `tee` per stage costs seconds on PVM hosts).
     fn saw_marker(&mut self, vm: &Vm) -> bool {
-        let needle = format!("{READY_MARKER} {} after ", vm.name);
+        let needles = [
+            format!("{READY_MARKER} {} after ", vm.name),
+            BOOT_FINISHED.to_string(),
+        ];
         let Ok(mut f) = std::fs::File::open(self.vd.file("console.log")) else {
             return false;
         };
-        let from = self.pos.saturating_sub(needle.len() as u64);
+        let longest = needles.iter().map(String::len).max().unwrap_or(0);
+        let from = self.pos.saturating_sub(longest as u64);
         if f.seek(SeekFrom::Start(from)).is_err() {
             return false;
         }
@@ -597,7 +606,9 @@ impl Booting {
             return false;
         }
         self.pos = from + buf.len() as u64;
-        buf.windows(needle.len()).any(|w| w == needle.as_bytes())
+        needles
+            .iter()
+            .any(|n| buf.windows(n.len()).any(|w| w == n.as_bytes()))
     }
 
     /// The VM's result once it is ready, has ended or has run out of time.
@@ -637,6 +648,10 @@ impl Booting {
         None
     }
 }
+
+/// The console line with which the Debian server image's init (vminit) ends a boot, after
+/// cloud-init's final stage (resources/guest/README.md).
+const BOOT_FINISHED: &str = "vminit: boot finished: ";
 
 fn now_secs() -> f64 {
     SystemTime::now()
