@@ -53,7 +53,7 @@ POLL_S = 2.0
 # too short in tests/debian.rs). Until sshd listens, tries end at once (refused, or no
 # route before the address is up), so a long timeout costs no resolution.
 CONNECT_S = 60
-EXIT_WAIT_S = 120  # after `poweroff`, for the VMM to exit
+EXIT_WAIT_S = 240  # after `sudo poweroff` (its login included), for the VMM to exit
 BASE_CMDLINE = "console=ttyS0 reboot=k panic=1"  # minivmm's default
 EXTRA_CMDLINE = "net.ifnames=0"  # eth0, as network-config matches by MAC anyway
 INIT_RE = re.compile(r"^\[\s*(\d+\.\d+)\] (Run \S+ as init process)")
@@ -311,7 +311,7 @@ class Bench:
             if measured:
                 # Poweroff: ssh may or may not see the connection close.
                 t_off = time.monotonic()
-                self.ssh(d, addr, "sudo poweroff", 60)
+                self.ssh(d, addr, "sudo poweroff", 180)
                 try:
                     res["exit"] = p.wait(timeout=max(1, EXIT_WAIT_S - (time.monotonic() - t_off)))
                     res["poweroff_s"] = time.monotonic() - t_off

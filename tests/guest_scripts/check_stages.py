@@ -1,0 +1,139 @@
+"""Checks the Debian image's cloud-init-stages on the host (run by tests/guest_image.rs).
+
+cloud-init-stages answers some of cloud-init's programs in its own process (on PVM hosts
+each program costs the guest seconds). Each answer here is compared with the program's,
+on this host: lsb_release, dpkg --print-architecture, ssh-keygen -l (keys made here of
+every type), `ip -4 addr show` / `ip -6 addr show permanent scope global` (the names
+cloud-init reads), `ip --json addr` (what cloud-init's table shows) and `ip route`.
+Then the byte-code bundle: pybundle.py over this host's own Python, modules imported
+through the bundle's finder work and come from it, and a module whose source is missing
+is not served from the bundle. Exit status 0 when every check passes; each failure is
+printed.
+"""
+import ipaddress
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+STAGES = os.path.join(REPO, "resources/guest/debian/overlay/usr/local/lib/vminit/cloud-init-stages")
+PYBUNDLE = os.path.join(REPO, "resources/guest/debian/pybundle.py")
+failures = []
+
+
+def check(what, ok, detail=""):
+    print(("ok   " if ok else "FAIL ") + what + (f": {detail}" if detail and not ok else ""))
+    if not ok:
+        failures.append(what)
+
+
+def section(start, end):
+    src = open(STAGES).read()
+    return src[src.index(start) : src.index(end)]
+
+
+def run(*cmd):
+    return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+
+
+ns = {"os": os, "sys": sys, "ipaddress": ipaddress, "time": time, "__name__": "stages"}
+exec(section("# --- What cloud-init would run", "STAGES = {"), ns)
+
+# lsb_release --all, as cloud-init parses it.
+fmap = {"Codename": "codename", "Description": "description", "Distributor ID": "id", "Release": "release"}
+want = {}
+for line in run("lsb_release", "--all").splitlines():
+    k, _, v = line.partition(":")
+    if k in fmap:
+        want[fmap[k]] = v.strip()
+got = ns["lsb_release"](None)()
+check("lsb_release from /etc/os-release", got == want, f"{got} != {want}")
+check("dpkg architecture", ns["dpkg_architecture"](None)() == run("dpkg", "--print-architecture").strip())
+
+# ssh-keygen -l for every key type.
+with tempfile.TemporaryDirectory() as d:
+    for t, extra, comment in (("rsa", [], "root@vm"), ("ecdsa", [], "root@vm"), ("ed25519", [], ""),
+                              ("dsa", [], "a b"), ("ecdsa", ["-b", "384"], "x")):
+        key = os.path.join(d, f"k{len(os.listdir(d))}")
+        subprocess.run(["ssh-keygen", "-q", "-t", t, *extra, "-N", "", "-C", comment, "-f", key], check=True)
+        line = open(key + ".pub").read()
+        check(f"ssh fingerprint {t} {extra}", ns["ssh_fingerprint"](line) == run("ssh-keygen", "-l", "-f", key + ".pub").strip(),
+              f"{ns['ssh_fingerprint'](line)!r}")
+
+# Interface names with addresses, as cloud-init's regex reads them from ip.
+nmatch = re.compile(r"[0-9]+:\s+(\w+)[@:]")
+for fam, cmd in ((4, ["ip", "-4", "addr", "show"]), (6, ["ip", "-6", "addr", "show", "permanent", "scope", "global"])):
+    got = sorted(set(nmatch.findall(ns["ip_addr_names"](fam))))
+    want = sorted(set(nmatch.findall(run(*cmd))))
+    check(f"IPv{fam} interface names", got == want, f"{got} != {want}")
+
+# ip --json addr: the fields cloud-init's table shows.
+def fields(j):
+    out = {}
+    for dev in json.loads(j):
+        up = "UP" in dev.get("flags", []) and "LOWER_UP" in dev.get("flags", [])
+        addrs = [(a["family"], a.get("local"), a.get("prefixlen"), a.get("scope"))
+                 for a in dev.get("addr_info", [])]
+        v4 = [a for a in addrs if a[0] == "inet"]
+        v6 = sorted(a for a in addrs if a[0] == "inet6")
+        out[dev["ifname"]] = (dev["address"] if dev.get("link_type") == "ether" else "", up, v4, v6)
+    return out
+
+got, want = fields(ns["ip_json_addr"]()), fields(run("ip", "--json", "addr"))
+for name in sorted(set(got) | set(want)):
+    g, w = got.get(name), want.get(name)
+    if w and g:  # ip lists a primary IPv4 address first, as SIOCGIFADDR gives it
+        w = (w[0], w[1], w[2][:1], w[3])
+    check(f"ip --json addr: {name}", g == w, f"{g} != {w}")
+
+# Routes: the IPv4 main table.
+routes = ns["route_info"]()["ipv4"]
+got = sorted((ipaddress.ip_network(f"{r['destination']}/{r['genmask']}").with_prefixlen, r["iface"]) for r in routes)
+want = []
+for line in run("ip", "-o", "-4", "route", "list").splitlines():
+    w = line.split()
+    dest = "0.0.0.0/0" if w[0] == "default" else str(ipaddress.ip_network(w[0]))
+    want.append((dest, w[w.index("dev") + 1]))
+check("IPv4 routes", got == sorted(want), f"{got} != {sorted(want)}")
+
+# The byte-code bundle, over this host's Python (the interpreter running this script).
+with tempfile.TemporaryDirectory() as d:
+    bundle = os.path.join(d, "pycode.bundle")
+    stale = os.path.join(d, "mvtest_stale.py")
+    with open(stale, "w") as f:
+        f.write("X = 42\n")
+    subprocess.run([sys.executable, PYBUNDLE, "/", bundle], check=True, capture_output=True)
+    probe = (
+        "import os, sys\n"
+        f"src = open({STAGES!r}).read()\n"
+        "start = src.index('# --- Imports from one file'); end = src.index('use_bundle()\\n\\ntry:')\n"
+        f"exec(src[start:end].replace('/usr/local/lib/vminit/pycode.bundle', {bundle!r}))\n"
+        "use_bundle()\n"
+        "import json, email.mime.text, http.client, argparse, logging.handlers\n"
+        "assert json.loads(json.dumps({'a': [1]})) == {'a': [1]}\n"
+        "print(type(json.__spec__.loader).__name__, type(email.mime.text.__spec__.loader).__name__,"
+        " json.__file__, sys.meta_path[0].__class__.__name__)\n"
+        "b = [f for f in sys.meta_path if type(f).__name__ == 'Bundle'][0]\n"
+        "b.index['mvtest_no_source'] = b.index['json.scanner'][:3] + ('/nonexistent/mvtest_no_source.py',)\n"
+        "try:\n    import mvtest_no_source\n    print('served')\nexcept ImportError:\n    print('refused')\n"
+        # A source newer than its byte code in the bundle: the source is what runs.
+        f"b.index['mvtest_stale'] = b.index['json.scanner'][:3] + ({stale!r},)\n"
+        "import mvtest_stale\n"
+        "print('stale-source-used' if getattr(mvtest_stale, 'X', None) == 42 else 'stale-bundle-used')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    words = out.stdout.split()
+    check("bundle: modules imported through it", out.returncode == 0 and words[:2] == ["Loader", "Loader"]
+          and words[2].endswith("json/__init__.py"), out.stdout + out.stderr)
+    check("bundle: a module without its source is not served", words[-2:-1] == ["refused"], out.stdout + out.stderr)
+    check("bundle: a changed source wins over the bundle", words[-1:] == ["stale-source-used"], out.stdout + out.stderr)
+
+if failures:
+    print(f"{len(failures)} check(s) failed: {', '.join(failures)}")
+    sys.exit(1)
+print("all checks passed")
