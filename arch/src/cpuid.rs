@@ -90,17 +90,19 @@ impl CpuTemplate {
     /// them: SMAP's `clac`/`stac`, XSAVE, AVX, ...). (`noxsave` is not needed: Linux 6.1
     /// no longer knows it, and `clearcpuid=xsave` does the same.)
     ///
-    /// `erms` and `fsrm` are cleared for speed, not correctness: with them Linux copies and
-    /// clears memory with `rep movsb`/`rep stosb` (one byte per step), which the emulator
-    /// runs a byte at a time; without them it uses `rep movsq`/`rep stosq`, eight bytes a
-    /// step. Measured on the test guest (1 vCPU): writing 5 MiB to tmpfs took 9.2 s
-    /// instead of 17.0 s, reading 5 MiB of `/dev/zero` 3.0 s instead of 6.1 s. On
-    /// VT-x/AMD-V the `host` template keeps them (there they are the fast path).
+    /// `erms` and `fsrm` stay visible although clearing them is faster here (the guest
+    /// kernel then copies and clears memory with `rep movsq`/`rep stosq`, 8 bytes per
+    /// emulated step instead of 1: writing 5 MiB to tmpfs 9.2 s instead of 17.0 s). In the
+    /// Debian guests that ran with them cleared (2026-12-03), reads returned bad data more
+    /// often (perl misparsing `warnings.pm`, sshd's "option block size mismatch",
+    /// systemd-networkd's failed starts), so the default stays what was tested longer.
+    /// `--cmdline clearcpuid=...,erms,fsrm` (the whole list: Linux keeps the last
+    /// `clearcpuid=`) tries it.
     pub fn extra_kernel_cmdline(&self) -> &'static str {
         match self {
             CpuTemplate::Host => "",
             CpuTemplate::Pvm => {
-                "clearcpuid=smap,smep,pcid,popcnt,xsave,avx,fsgsbase,invpcid,rdrand,erms,fsrm"
+                "clearcpuid=smap,smep,pcid,popcnt,xsave,avx,fsgsbase,invpcid,rdrand"
             }
         }
     }
