@@ -1,10 +1,11 @@
-"""Checks the Debian image's cloud-init-stages on the host (run by tests/guest_image.rs).
+"""Checks the Debian image's cloud-init-stages on the host (run by tests/guest_scripts.rs).
 
 cloud-init-stages answers some of cloud-init's programs in its own process (on PVM hosts
 each program costs the guest seconds). Each answer here is compared with the program's,
 on this host: lsb_release, dpkg --print-architecture, ssh-keygen -l (keys made here of
 every type), `ip -4 addr show` / `ip -6 addr show permanent scope global` (the names
-cloud-init reads), `ip --json addr` (what cloud-init's table shows) and `ip route`.
+cloud-init reads), `ip --json addr` (what cloud-init's table shows) and `ip route`; the wrapper that gives
+cloud-init's modules those answers (AnsweringSubp) with a fake subp module.
 Then the byte-code bundle: pybundle.py over this host's own Python, modules imported
 through the bundle's finder work and come from it, and a module whose source is missing
 is not served from the bundle. Exit status 0 when every check passes; each failure is
@@ -100,6 +101,34 @@ for line in run("ip", "-o", "-4", "route", "list").splitlines():
     dest = "0.0.0.0/0" if w[0] == "default" else str(ipaddress.ip_network(w[0]))
     want.append((dest, w[w.index("dev") + 1]))
 check("IPv4 routes", got == sorted(want), f"{got} != {sorted(want)}")
+
+# AnsweringSubp: an answer instead of the program; None, an error or a string command
+# (shell) runs the program; the module's other names pass through.
+class FakeSubp:
+    import collections
+    SubpResult = collections.namedtuple("SubpResult", "stdout stderr")
+    ran = []
+    OTHER = 7
+
+    @classmethod
+    def subp(cls, args, *rest, **kw):
+        cls.ran.append(args)
+        return cls.SubpResult("ran", "")
+
+
+def odd(args):
+    raise ValueError("odd")
+
+
+wrapped = ns["AnsweringSubp"](FakeSubp, ns["answers"]({("ip", "route"): lambda: "answered"}))
+check("AnsweringSubp: answered in process", wrapped.subp(["ip", "route"]) == ("answered", "") and not FakeSubp.ran)
+check("AnsweringSubp: another command runs", wrapped.subp(["ip", "link"]).stdout == "ran" and FakeSubp.ran == [["ip", "link"]])
+check("AnsweringSubp: a shell string runs", wrapped.subp("ip route").stdout == "ran")
+check("AnsweringSubp: an answer that raises runs the program",
+      ns["AnsweringSubp"](FakeSubp, odd).subp(["x"]).stdout == "ran")
+check("AnsweringSubp: other names pass through", wrapped.OTHER == 7)
+check("host keys: only the helper script is answered",
+      ns["host_keys_answer"](("/usr/bin/ssh-keygen", "a", "b")) is None)
 
 # The byte-code bundle, over this host's Python (the interpreter running this script).
 with tempfile.TemporaryDirectory() as d:
