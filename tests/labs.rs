@@ -531,30 +531,33 @@ impl<'a> UpLab<'a> {
         s
     }
 
-    /// `minivmm ssh VM -- CMD` (a shell command line), which must succeed; its stdout.
-    fn ssh(&self, vm: &str, cmd: &str) -> String {
+    /// `minivmm ssh VM -- CMD` (a shell command line): whether it succeeded, and its stdout
+    /// (on success) or its stderr and stdout (on failure).
+    fn try_ssh(&self, vm: &str, cmd: &str) -> (bool, String) {
         let o = self
             .env
             .cmd(&["ssh", &format!("{}/{vm}", self.name), "--", cmd])
             .output()
             .unwrap();
-        assert!(o.status.success(), "ssh {vm} {cmd:?}: {}", show(&o));
-        text(&o.stdout)
+        if o.status.success() {
+            (true, text(&o.stdout))
+        } else {
+            (false, format!("{}{}", text(&o.stderr), text(&o.stdout)))
+        }
+    }
+
+    /// `minivmm ssh VM -- CMD`, which must succeed; its stdout.
+    fn ssh(&self, vm: &str, cmd: &str) -> String {
+        let (ok, out) = self.try_ssh(vm, cmd);
+        assert!(ok, "ssh {vm} {cmd:?}: {out}");
+        out
     }
 
     /// `minivmm ssh VM -- CMD` that must fail; its stderr and stdout.
     fn ssh_fails(&self, vm: &str, cmd: &str) -> String {
-        let o = self
-            .env
-            .cmd(&["ssh", &format!("{}/{vm}", self.name), "--", cmd])
-            .output()
-            .unwrap();
-        assert!(
-            !o.status.success(),
-            "ssh {vm} {cmd:?} succeeded: {}",
-            show(&o)
-        );
-        format!("{}{}", text(&o.stderr), text(&o.stdout))
+        let (ok, out) = self.try_ssh(vm, cmd);
+        assert!(!ok, "ssh {vm} {cmd:?} succeeded: {out}");
+        out
     }
 }
 
@@ -665,23 +668,6 @@ impl Checks {
             self.0.len(),
             self.0.join("\n")
         );
-    }
-}
-
-impl UpLab<'_> {
-    /// `minivmm ssh VM -- CMD`: whether it succeeded, and its stdout (on success) or its
-    /// stderr and stdout (on failure).
-    fn try_ssh(&self, vm: &str, cmd: &str) -> (bool, String) {
-        let o = self
-            .env
-            .cmd(&["ssh", &format!("{}/{vm}", self.name), "--", cmd])
-            .output()
-            .unwrap();
-        if o.status.success() {
-            (true, text(&o.stdout))
-        } else {
-            (false, format!("{}{}", text(&o.stderr), text(&o.stdout)))
-        }
     }
 }
 
