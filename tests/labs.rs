@@ -793,7 +793,7 @@ fn mysql_tls_backup() {
     );
     let (ok, err) = lab.try_ssh(
         "backup",
-        "sudo mariadb --defaults-extra-file=/etc/lab/backup.cnf --skip-ssl -e 'SELECT 1'",
+        "mariadb --no-defaults --skip-ssl -h db -u backup -pbackup-secret -e 'SELECT 1'",
     );
     c.check(
         !ok && (err.contains("Access denied") || err.contains("insecure transport")),
