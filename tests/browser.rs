@@ -73,6 +73,8 @@ impl Serve {
             .arg(&state)
             .arg("--guest-dir")
             .arg(guest_dir())
+            // Console viewers attaching, leaving and dropped are logged at info.
+            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)

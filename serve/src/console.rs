@@ -8,9 +8,15 @@
 //!   gone.
 //! - A ring of the last [`SCROLLBACK`] bytes in memory: what a viewer gets first when it
 //!   attaches.
-//! - Viewers (WebSockets): each has a bounded queue ([`VIEWER_QUEUE`] chunks); a viewer
-//!   whose queue is full is dropped (its connection shut down), so a slow browser never
-//!   holds up the thread that reads the VM's output, and so never the VM.
+//! - Viewers (WebSockets): each has an [`Outbox`] where new bytes are appended to what
+//!   its writer thread has not sent yet, so one WebSocket frame carries everything that
+//!   came while the last one was being written. A guest prints a byte at a time, and a
+//!   busy host may not run a viewer's writer for a while: counting queued writes rather
+//!   than bytes dropped a browser a few hundred bytes behind (a CI run's console closed
+//!   in the middle of the kernel's first line). A viewer more than [`VIEWER_BACKLOG`]
+//!   bytes behind is dropped (its connection shut down), so a slow browser never holds
+//!   up the thread that reads the VM's output, and so never the VM; the page reconnects
+//!   and gets the scrollback.
 //!
 //! The ring and the viewer list share one lock, taken by [`Console::append`] and
 //! [`Console::attach`], so a new viewer gets every byte exactly once: the scrollback up to
@@ -21,32 +27,116 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::{Shutdown, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// Bytes of scrollback kept in memory and sent to a viewer when it attaches.
 pub const SCROLLBACK: usize = 64 * 1024;
 /// `console.log` is rotated when it would grow past this.
 pub const LOG_CAP: u64 = 1024 * 1024;
-/// Chunks (of up to 4 KiB) queued for one viewer before it counts as too slow.
-pub const VIEWER_QUEUE: usize = 256;
+/// Console bytes waiting for one viewer before it counts as too slow (four times the
+/// scrollback, which is queued first).
+pub const VIEWER_BACKLOG: usize = 4 * SCROLLBACK;
 /// The most bytes one [`Console::read_from`] returns: everything the log keeps, so that
 /// one request from offset 0 gets the whole of it.
 pub const READ_MAX: usize = 2 * LOG_CAP as usize;
 
-/// What a viewer's writer thread sends.
+/// What a viewer's writer thread sends next.
+#[derive(Debug, PartialEq, Eq)]
 pub enum Out {
-    /// Console bytes (shared between viewers).
-    Data(Arc<Vec<u8>>),
+    /// Console bytes: everything queued since the last frame.
+    Data(Vec<u8>),
     /// Answer a ping.
     Pong(Vec<u8>),
     /// Send a close frame with this code and stop.
     Close(u16),
 }
 
+/// One viewer's outbox, filled by the console (bytes), the viewer's reading thread
+/// (pongs, a close) and [`Console::close_viewers`], emptied by its writer thread. Its
+/// size is bounded: at most [`VIEWER_BACKLOG`] console bytes, the latest unanswered
+/// ping (RFC 6455 lets a server answer only the latest) and one close code.
+#[derive(Default)]
+pub struct Outbox {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Pending {
+    data: Vec<u8>,
+    pong: Option<Vec<u8>>,
+    close: Option<u16>,
+    /// Nothing more comes: the writer stops once the rest is sent.
+    finished: bool,
+}
+
+impl Outbox {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Pending)) {
+        f(&mut self.lock());
+        self.wake.notify_one();
+    }
+
+    /// Queue console bytes; false, queuing nothing, when they would put more than
+    /// [`VIEWER_BACKLOG`] bytes in waiting (or the outbox is finished).
+    pub fn data(&self, bytes: &[u8]) -> bool {
+        let mut p = self.lock();
+        if p.finished || p.close.is_some() || p.data.len() + bytes.len() > VIEWER_BACKLOG {
+            return false;
+        }
+        p.data.extend_from_slice(bytes);
+        drop(p);
+        self.wake.notify_one();
+        true
+    }
+
+    /// Answer a ping with `payload` (replacing one not answered yet).
+    pub fn pong(&self, payload: Vec<u8>) {
+        self.update(|p| p.pong = Some(payload));
+    }
+
+    /// Send what is queued, then a close frame with `code` (the first code asked for).
+    pub fn close(&self, code: u16) {
+        self.update(|p| {
+            p.close.get_or_insert(code);
+        });
+    }
+
+    /// Nothing more will be queued: the writer sends what is there and stops.
+    pub fn finish(&self) {
+        self.update(|p| p.finished = true);
+    }
+
+    /// Waits for something to send: the bytes queued (all of them, as one message),
+    /// then a pong, then the close. None once finished or closed and nothing is left.
+    pub fn next(&self) -> Option<Out> {
+        let mut p = self.lock();
+        loop {
+            if !p.data.is_empty() {
+                return Some(Out::Data(std::mem::take(&mut p.data)));
+            }
+            if let Some(pong) = p.pong.take() {
+                return Some(Out::Pong(pong));
+            }
+            if let Some(code) = p.close {
+                p.finished = true;
+                p.close = None;
+                return Some(Out::Close(code));
+            }
+            if p.finished {
+                return None;
+            }
+            p = self.wake.wait(p).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
 struct Viewer {
     id: u64,
-    tx: SyncSender<Out>,
+    outbox: Arc<Outbox>,
     /// To end both of the viewer's threads when it is dropped.
     stream: TcpStream,
 }
@@ -120,18 +210,18 @@ impl Console {
         if inner.viewers.is_empty() {
             return;
         }
-        let chunk = Arc::new(bytes.to_vec());
-        inner
-            .viewers
-            .retain(|v| match v.tx.try_send(Out::Data(chunk.clone())) {
-                Ok(()) => true,
-                Err(TrySendError::Full(_)) => {
-                    log::info!("a console viewer is too slow: dropping it");
-                    let _ = v.stream.shutdown(Shutdown::Both);
-                    false
-                }
-                Err(TrySendError::Disconnected(_)) => false,
-            });
+        inner.viewers.retain(|v| {
+            if v.outbox.data(bytes) {
+                return true;
+            }
+            log::warn!(
+                "console viewer {} is more than {VIEWER_BACKLOG} bytes behind: dropping it",
+                v.id
+            );
+            v.outbox.finish();
+            let _ = v.stream.shutdown(Shutdown::Both);
+            false
+        });
     }
 
     fn rotate(&self, inner: &mut Inner) {
@@ -155,15 +245,18 @@ impl Console {
         }
     }
 
-    /// Add a viewer: returns the scrollback it must show first and its id. From now on
-    /// every new byte goes to `tx` (or the viewer is dropped, `stream` shut down, when
-    /// its queue is full).
-    pub fn attach(&self, tx: SyncSender<Out>, stream: TcpStream) -> (Vec<u8>, u64) {
+    /// Add a viewer: the scrollback is queued in `outbox` first, then every new byte
+    /// (until the viewer falls [`VIEWER_BACKLOG`] bytes behind: then `stream` is shut
+    /// down). Returns the viewer's id.
+    pub fn attach(&self, outbox: Arc<Outbox>, stream: TcpStream) -> u64 {
         let mut g = self.lock();
         g.next_id += 1;
         let id = g.next_id;
-        g.viewers.push(Viewer { id, tx, stream });
-        (g.ring.iter().copied().collect(), id)
+        let (a, b) = g.ring.as_slices();
+        outbox.data(a);
+        outbox.data(b);
+        g.viewers.push(Viewer { id, outbox, stream });
+        id
     }
 
     /// Remove viewer `id` (its connection ended).
@@ -176,13 +269,11 @@ impl Console {
         self.lock().viewers.len()
     }
 
-    /// Close every viewer (the VM is deleted, or the manager stops): a close frame, then
-    /// the connection shut down if the frame cannot be queued.
+    /// Close every viewer (the VM is deleted, or the manager stops): what is queued,
+    /// then a close frame.
     pub fn close_viewers(&self) {
         for v in self.lock().viewers.drain(..) {
-            if v.tx.try_send(Out::Close(1001)).is_err() {
-                let _ = v.stream.shutdown(Shutdown::Both);
-            }
+            v.outbox.close(1001);
         }
     }
 
@@ -265,22 +356,63 @@ mod tests {
         let c = Console::new(&d).unwrap();
         c.append(&vec![b'a'; SCROLLBACK + 10]);
         c.append(b"end");
-        let (tx, rx) = std::sync::mpsc::sync_channel(VIEWER_QUEUE);
+        let outbox = Arc::new(Outbox::default());
         let (_peer, ours) = socket_pair();
-        let (back, _) = c.attach(tx, ours);
-        assert_eq!(back.len(), SCROLLBACK);
-        assert!(back.ends_with(b"aend"));
+        c.attach(outbox.clone(), ours);
         c.append(b"next");
-        match rx.try_recv().unwrap() {
-            Out::Data(b) => assert_eq!(b.as_slice(), b"next"),
-            _ => panic!("not data"),
-        }
-        // A viewer that never reads is dropped once its queue is full; nobody blocks.
-        for _ in 0..VIEWER_QUEUE + 1 {
+        let Some(Out::Data(first)) = outbox.next() else {
+            panic!("not data")
+        };
+        assert_eq!(first.len(), SCROLLBACK + 4);
+        assert!(first.ends_with(b"aendnext"));
+        // A guest prints a byte at a time: what a busy writer has not sent yet grows into
+        // one message, and nobody is dropped for it.
+        for _ in 0..10_000 {
             c.append(b"x");
         }
+        assert_eq!(c.viewers(), 1);
+        assert_eq!(outbox.next(), Some(Out::Data(vec![b'x'; 10_000])));
+        // A viewer that never reads is dropped once it is VIEWER_BACKLOG bytes behind;
+        // nobody blocks.
+        let chunk = [b'y'; 4096];
+        for _ in 0..VIEWER_BACKLOG / chunk.len() {
+            c.append(&chunk);
+        }
+        assert_eq!(c.viewers(), 1);
+        c.append(b"z");
         assert_eq!(c.viewers(), 0);
-        drop(rx);
+        assert_eq!(outbox.next(), Some(Out::Data(vec![b'y'; VIEWER_BACKLOG])));
+        assert_eq!(outbox.next(), None);
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn an_outbox_sends_data_then_the_latest_pong_then_its_close() {
+        let o = Outbox::default();
+        assert!(o.data(b"ab"));
+        o.pong(b"1".to_vec());
+        o.pong(b"2".to_vec());
+        assert!(o.data(b"c"));
+        o.close(1001);
+        o.close(1000);
+        assert!(!o.data(b"late"), "nothing is queued after a close");
+        assert_eq!(o.next(), Some(Out::Data(b"abc".to_vec())));
+        assert_eq!(o.next(), Some(Out::Pong(b"2".to_vec())));
+        assert_eq!(o.next(), Some(Out::Close(1001)));
+        assert_eq!(o.next(), None);
+        // A writer waiting on an empty outbox wakes when it is finished.
+        let o = Arc::new(Outbox::default());
+        let w = {
+            let o = o.clone();
+            std::thread::spawn(move || (o.next(), o.next()))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(o.data(b"late"));
+        o.finish();
+        let (a, b) = w.join().unwrap();
+        assert!(
+            a == Some(Out::Data(b"late".to_vec())) && b.is_none(),
+            "{a:?} {b:?}"
+        );
     }
 }

@@ -19,11 +19,10 @@
 use std::io::BufReader;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::console::{Out, VIEWER_QUEUE};
+use crate::console::{Out, Outbox};
 use crate::http::{read_request, respond_and_close, ReadError, Request, Response};
 use crate::manager::{same_secret, Manager};
 use crate::websocket::{self, opcode, Message, WsError};
@@ -246,50 +245,54 @@ fn console(ctx: &Arc<Ctx>, mut stream: TcpStream, req: &Request, name: &str) {
     if stream.write_all(answer.as_bytes()).is_err() {
         return;
     }
-    let (tx, rx) = sync_channel::<Out>(VIEWER_QUEUE);
+    let outbox = Arc::new(Outbox::default());
     let (Ok(for_console), Ok(mut out)) = (stream.try_clone(), stream.try_clone()) else {
         return;
     };
-    let (scrollback, id) = vm.console.attach(tx.clone(), for_console);
+    let id = vm.console.attach(outbox.clone(), for_console);
     log::info!("console viewer {id} attached to VM '{name}'");
-    let writer = std::thread::Builder::new()
-        .name("ws-out".into())
-        .stack_size(128 * 1024)
-        .spawn(move || {
-            let mut ok = scrollback.is_empty()
-                || websocket::write_frame(&mut out, opcode::BINARY, &scrollback).is_ok();
-            while ok {
-                let Ok(msg) = rx.recv() else { break };
-                ok = match msg {
-                    Out::Data(b) => websocket::write_frame(&mut out, opcode::BINARY, &b).is_ok(),
-                    Out::Pong(p) => websocket::write_frame(&mut out, opcode::PONG, &p).is_ok(),
-                    Out::Close(code) => {
-                        let _ =
-                            websocket::write_frame(&mut out, opcode::CLOSE, &code.to_be_bytes());
-                        false
+    let writer = {
+        let outbox = outbox.clone();
+        std::thread::Builder::new()
+            .name("ws-out".into())
+            .stack_size(128 * 1024)
+            .spawn(move || {
+                while let Some(msg) = outbox.next() {
+                    let sent = match msg {
+                        Out::Data(b) => websocket::write_frame(&mut out, opcode::BINARY, &b),
+                        Out::Pong(p) => websocket::write_frame(&mut out, opcode::PONG, &p),
+                        Out::Close(code) => {
+                            let _ = websocket::write_frame(
+                                &mut out,
+                                opcode::CLOSE,
+                                &code.to_be_bytes(),
+                            );
+                            break;
+                        }
+                    };
+                    if sent.is_err() {
+                        break;
                     }
-                };
-            }
-            // Ends the reading side too.
-            let _ = out.shutdown(Shutdown::Both);
-        });
+                }
+                // Ends the reading side too.
+                let _ = out.shutdown(Shutdown::Both);
+            })
+    };
     if writer.is_ok() {
         let _ = stream.set_read_timeout(None);
         let mut reader = websocket::Reader::new(BufReader::new(&stream));
         loop {
             match reader.read_message() {
                 Ok(Message::Data(bytes)) => vm.input(&bytes),
-                Ok(Message::Ping(p)) => {
-                    let _ = tx.try_send(Out::Pong(p));
-                }
+                Ok(Message::Ping(p)) => outbox.pong(p),
                 Ok(Message::Pong) => {}
                 Ok(Message::Close(_)) => {
-                    let _ = tx.try_send(Out::Close(1000));
+                    outbox.close(1000);
                     break;
                 }
                 Err(WsError::Protocol(why, code)) => {
                     log::info!("console viewer {id}: {why}");
-                    let _ = tx.try_send(Out::Close(code));
+                    outbox.close(code);
                     break;
                 }
                 Err(WsError::Io(_)) => break,
@@ -297,7 +300,7 @@ fn console(ctx: &Arc<Ctx>, mut stream: TcpStream, req: &Request, name: &str) {
         }
     }
     vm.console.detach(id);
-    drop(tx);
+    outbox.finish();
     if let Ok(w) = writer {
         let _ = w.join();
     }

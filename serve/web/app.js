@@ -581,29 +581,7 @@ async function openConsole(name, state) {
     con.fit.fit();
     $('console-section').scrollIntoView({ block: 'nearest' });
     if (state === 'running' || state === 'paused') {
-      consoleStatus('connecting…');
-      const { ticket } = await api('POST', `/vms/${enc(name)}/console-ticket`);
-      if (seq !== con.seq) return;
-      const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
-      const ws = new WebSocket(
-        `${scheme}//${location.host}${API}/vms/${enc(name)}/console?ticket=${enc(ticket)}`,
-      );
-      ws.binaryType = 'arraybuffer';
-      con.ws = ws;
-      ws.onopen = () => {
-        if (con.ws === ws) consoleStatus('connected — keys go to the guest');
-      };
-      ws.onmessage = (e) => {
-        if (con.ws !== ws) return;
-        con.term.write(typeof e.data === 'string' ? e.data : new Uint8Array(e.data));
-      };
-      ws.onclose = () => {
-        if (con.ws !== ws) return;
-        con.ws = null;
-        consoleStatus('disconnected');
-        con.term.write('\r\n\x1b[2m[console closed]\x1b[0m\r\n');
-      };
-      con.term.focus();
+      await connectConsole(name, seq, 0);
     } else {
       consoleStatus('loading console.log…');
       const text = await api('GET', `/vms/${enc(name)}/console.log`);
@@ -616,6 +594,60 @@ async function openConsole(name, state) {
     consoleStatus('');
     if (e.status !== 401) showMessage(`console ${name}: ${e.message}`);
   }
+}
+
+/** Tries to reconnect, the n-th after n seconds, when the server ends a live console. */
+const RECONNECT_TRIES = 5;
+
+/**
+ * Opens the console WebSocket of `name` for console session `seq`. When the server ends
+ * it while the VM still runs (a viewer that fell too far behind is dropped: a busy
+ * browser), tries again: the new connection starts with the scrollback, so the terminal
+ * is cleared when it opens. A close with 1001 (VM deleted, manager stopping) is final.
+ */
+async function connectConsole(name, seq, attempt) {
+  consoleStatus(attempt ? `reconnecting (try ${attempt} of ${RECONNECT_TRIES})…` : 'connecting…');
+  const { ticket } = await api('POST', `/vms/${enc(name)}/console-ticket`);
+  if (seq !== con.seq) return;
+  const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+  const ws = new WebSocket(
+    `${scheme}//${location.host}${API}/vms/${enc(name)}/console?ticket=${enc(ticket)}`,
+  );
+  ws.binaryType = 'arraybuffer';
+  con.ws = ws;
+  let opened = false;
+  ws.onopen = () => {
+    if (con.ws !== ws) return;
+    opened = true;
+    if (attempt) con.term.reset();
+    consoleStatus('connected — keys go to the guest');
+  };
+  ws.onmessage = (e) => {
+    if (con.ws !== ws) return;
+    con.term.write(typeof e.data === 'string' ? e.data : new Uint8Array(e.data));
+  };
+  ws.onclose = (e) => {
+    if (con.ws !== ws) return;
+    con.ws = null;
+    const row = rows.get(name);
+    const live = row && (row.state === 'running' || row.state === 'paused');
+    const next = opened ? 1 : attempt + 1;
+    if (live && e.code !== 1001 && next <= RECONNECT_TRIES) {
+      consoleStatus('disconnected — reconnecting…');
+      setTimeout(() => {
+        if (seq !== con.seq) return;
+        connectConsole(name, seq, next).catch((err) => {
+          if (seq !== con.seq) return;
+          consoleStatus('disconnected');
+          if (err.status !== 401) showMessage(`console ${name}: ${err.message}`);
+        });
+      }, next * 1000);
+      return;
+    }
+    consoleStatus('disconnected');
+    con.term.write('\r\n\x1b[2m[console closed]\x1b[0m\r\n');
+  };
+  con.term.focus();
 }
 
 function closeConsole() {

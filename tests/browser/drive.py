@@ -39,6 +39,19 @@ MARKER = "minivmm-guest: init ready"
 TINY_LINE = "tiny guest up"  # what tests/lib.rs's tiny_kernel() prints
 CHROMIUM = os.environ.get("MINIVMM_CHROMIUM", "/usr/bin/chromium")
 VIEWPORT = {"width": 1400, "height": 900}
+# Run before the page's scripts: every WebSocket the page opens is kept in a list.
+KEEP_SOCKETS = """
+(() => {
+  const Real = window.WebSocket;
+  window.__minivmmSockets = [];
+  window.WebSocket = class extends Real {
+    constructor(...args) {
+      super(...args);
+      window.__minivmmSockets.push(this);
+    }
+  };
+})();
+"""
 
 
 class Fail(Exception):
@@ -294,6 +307,9 @@ def flow(args):
 
         ctx = browser.new_context(viewport=VIEWPORT)
         ctx.set_default_timeout(step * 1000)
+        # Keeps the page's WebSockets where the test can reach them (the page's own
+        # variables are a module's), to end one as a server that drops a slow viewer does.
+        ctx.add_init_script(KEEP_SOCKETS)
         page = ctx.new_page()
         errors = []
         collect_console_errors(page, errors)
@@ -390,6 +406,22 @@ def flow(args):
         wait_until(f"{want} in the scrollback of a new attach",
                    lambda: want in term_text(page), step)
         say(f"ok: attached again, the scrollback shows {want}")
+
+        # The connection ends under the page (a server drops a viewer that fell too far
+        # behind): the page reconnects by itself, the scrollback comes again, typing works.
+        before = page.evaluate("() => window.__minivmmSockets.length")
+        page.evaluate("() => window.__minivmmSockets.at(-1).close()")
+        sockets = """() => [window.__minivmmSockets.length,
+                        window.__minivmmSockets.filter(w => w.readyState === 1).length]"""
+        wait_until("the page reconnecting after its console connection ended",
+                   lambda: page.locator("#console-status").text_content().startswith(
+                       "connected") and page.evaluate(sockets) == [before + 1, 1]
+                   and want in term_text(page), step + 5)
+        if "[console closed]" in term_text(page):
+            raise Fail("the terminal says [console closed] after a reconnect")
+        cmd, again0 = run_command("back")
+        say(f"ok: reconnected by itself after the connection ended, the scrollback shows "
+            f"{want}, and `{cmd}` answers {again0}")
 
         # Charts: wait until the row has a few seconds of history, then the list shot.
         wait_until("15 samples of history in the CPU chart", lambda: page.evaluate(
