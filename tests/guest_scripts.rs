@@ -5,7 +5,9 @@
 //! bundle made by `resources/guest/debian/pybundle.py`. `guest_scripts/check_stages.py`
 //! compares each answer with the program's on this host (lsb_release, dpkg, ssh-keygen,
 //! ip) and imports through a bundle of this host's Python: see its docstring. It runs
-//! under Debian's `/usr/bin/python3`, the same Python 3.11 as the image's.
+//! under Debian's `/usr/bin/python3`, the same Python 3.11 as the image's. The image
+//! build's `debian/no-avx512.py` (MariaDB's server without its AVX-512 CRC-32C) is
+//! checked on synthetic binaries.
 
 use std::path::Path;
 use std::process::Command;
@@ -25,4 +27,46 @@ fn cloud_init_stages_answers_match_the_programs_and_the_bundle_imports() {
     println!("{text}");
     assert!(out.status.success(), "check_stages.py failed:\n{text}");
     assert!(text.contains("all checks passed"), "{text}");
+}
+
+/// `debian/no-avx512.py` replaces the `xgetbv` of MariaDB's `os_have_avx512()` (the
+/// pattern once, anywhere in the file) and nothing else, and writes nothing when the
+/// pattern is missing or there twice.
+#[test]
+fn no_avx512_replaces_one_xgetbv_or_writes_nothing() {
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../resources/guest/debian/no-avx512.py");
+    let dir = minivmm_tests::TempDir::new("no-avx512");
+    let function: &[u8] = &[
+        0x31, 0xc9, 0x0f, 0x01, 0xd0, 0x48, 0xc1, 0xe2, 0x20, 0x48, 0x09, 0xd0, 0x48, 0xf7, 0xd0,
+        0xa8, 0xe6, 0x0f, 0x94, 0xc0, 0xc3,
+    ];
+    let run = |binary: &[u8]| {
+        let (src, dst) = (dir.join("mariadbd"), dir.join("out/mariadbd-no-avx512"));
+        let _ = std::fs::remove_file(&dst);
+        std::fs::write(&src, binary).unwrap();
+        let out = Command::new("/usr/bin/python3")
+            .arg(&script)
+            .arg(&src)
+            .arg(&dst)
+            .output()
+            .expect("running no-avx512.py");
+        (out.status.code(), std::fs::read(&dst).ok())
+    };
+    // Another xgetbv elsewhere (0f 01 d0) stays as it is.
+    let mut binary = b"\x7fELF other code \x0f\x01\xd0 ".to_vec();
+    let at = binary.len();
+    binary.extend_from_slice(function);
+    binary.extend_from_slice(b" more");
+    let (code, out) = run(&binary);
+    assert_eq!(code, Some(0));
+    let mut want = binary.clone();
+    want[at + 2..at + 5].copy_from_slice(&[0x31, 0xc0, 0x99]);
+    assert_eq!(out.as_deref(), Some(want.as_slice()));
+
+    let (code, out) = run(&binary[..at + 10]);
+    assert_eq!((code, out), (Some(3), None), "pattern missing");
+    let twice = [binary.as_slice(), function].concat();
+    let (code, out) = run(&twice);
+    assert_eq!((code, out), (Some(3), None), "pattern twice");
 }

@@ -15,7 +15,8 @@
  *     brings up lo; gives a first boot its machine-id; creates /run/utmp and the
  *     runtime directories listed in /etc/vminit/runtime-dirs;
  *     when the kernel does not save the AVX/AVX-512 registers that user space can
- *     use (see vector_state_guard()), tells glibc and OpenSSL not to use them;
+ *     use (see vector_state_guard()), tells glibc and OpenSSL not to use them and
+ *     puts a MariaDB server without its AVX-512 code in place;
  *  2. starts the serial console's getty (agetty on ttyS0, respawned when it exits)
  *     and /etc/vminit/boot, the shell script that starts the services;
  *  3. reaps every process that ends (orphans come to PID 1), and keeps the syslog
@@ -530,7 +531,16 @@ static int telinit(int argc, char **argv)
  * image on a VT-x/AMD-V host). vminit.vector_guard=off on the kernel command line
  * turns this off. Set-uid programs ignore both variables; one process using AVX alone
  * is safe, since two are needed for one to see the other's registers.
+ *
+ * MariaDB's server checks CPUID and XCR0 itself and computes its CRC-32C (InnoDB
+ * pages and redo log) with AVX-512 in any of its threads: neither variable reaches
+ * it. The image carries a copy of it whose check says no (debian/no-avx512.py);
+ * vminit bind-mounts that copy over /usr/sbin/mariadbd, so every way of starting
+ * the server runs it. (A package upgrade of mariadb-server cannot replace the
+ * binary while it is mounted over: reboot with vminit.vector_guard=off first.)
  */
+#define MARIADBD "/usr/sbin/mariadbd"
+#define MARIADBD_NO_AVX512 "/usr/local/lib/vminit/mariadbd-no-avx512"
 #define ENV_FILE "/etc/environment"
 #define ENV_BEGIN "# vminit: the kernel does not save AVX state (begin; see vminit.c)"
 #define ENV_END "# vminit: end"
@@ -631,6 +641,14 @@ static void vector_state_guard(void)
 		    (unsigned long long)xcr0);
 		for (size_t i = 0; i < sizeof(GUARD_VARS) / sizeof(GUARD_VARS[0]); i++)
 			setenv(GUARD_VARS[i][0], GUARD_VARS[i][1], 1);
+		if (access(MARIADBD_NO_AVX512, X_OK) == 0 && access(MARIADBD, X_OK) == 0) {
+			if (mount(MARIADBD_NO_AVX512, MARIADBD, NULL, MS_BIND, NULL) == 0)
+				say("MariaDB without AVX-512: %s bind-mounted on %s", MARIADBD_NO_AVX512,
+				    MARIADBD);
+			else
+				say("cannot bind-mount %s on %s: %s", MARIADBD_NO_AVX512, MARIADBD,
+				    strerror(errno));
+		}
 	}
 	environment_file(unsaved);
 }
