@@ -912,10 +912,10 @@ fn web_data_clients() {
         &list,
     );
     // The write made through the application is on the data server; the web server reads
-    // it there with its own account.
+    // it there with its own account (whose settings only root and www-data may read).
     let (_, n) = lab.try_ssh(
         "web",
-        "mariadb --defaults-extra-file=/etc/lab/notes.cnf -N -e \
+        "sudo mariadb --defaults-extra-file=/etc/lab/notes.cnf -N -e \
          \"SELECT COUNT(*) FROM notes WHERE text = 'hello from client1'\"",
     );
     c.check(n.trim() == "1", "the note is on the data server", &n);

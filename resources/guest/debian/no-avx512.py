@@ -12,8 +12,9 @@ glibc and OpenSSL not to use AVX; mariadbd does its own check
 7), finds AVX-512 and VPCLMULQDQ, logs "InnoDB: Using AVX512 instructions", and
 computes every CRC-32C (InnoDB pages and redo log, binlog events) in ZMM registers.
 Two of its threads doing that on one vCPU overwrite each other's registers at a
-context switch: wrong checksums, hence "corrupt" pages, crashed servers and a
-replica's relay log failure in the MariaDB labs (2026-12-03).
+context switch: wrong checksums. (Suspected at first for the MariaDB labs' crashed
+servers and a replica's relay log failure, 2026-12-03; a server without AVX-512
+crashed the same way later that day, so this was at most one of the causes.)
 
 What: os_have_avx512() compiles to
 
