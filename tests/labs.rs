@@ -512,20 +512,24 @@ impl<'a> UpLab<'a> {
         (me, took)
     }
 
+    /// The lab's VM directories' parent in the state directory.
+    fn vms_dir(&self) -> PathBuf {
+        self.env.state().join(format!("labs/{}/vms", self.name))
+    }
+
     /// VM `vm`'s whole console log.
     fn console(&self, vm: &str) -> String {
-        let log = self
-            .env
-            .state()
-            .join(format!("labs/{}/vms/{vm}/console.log", self.name));
-        std::fs::read_to_string(log).unwrap_or_default()
+        std::fs::read_to_string(self.vms_dir().join(vm).join("console.log")).unwrap_or_default()
     }
 
     /// The last lines of each VM's console, for a failure message.
     fn consoles(&self) -> String {
         let mut s = String::new();
-        let dir = self.env.state().join(format!("labs/{}/vms", self.name));
-        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        for e in std::fs::read_dir(self.vms_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let log = std::fs::read_to_string(e.path().join("console.log")).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(25).collect();
             s.push_str(&format!(
