@@ -59,18 +59,42 @@ fn tiny_kernel(dir: &TempDir, stop_after: Option<u8>) -> std::path::PathBuf {
 
 /// A VM of the tiny guest (not started), its console, and the scratch dir with the kernel.
 fn tiny_vm(stop_after: Option<u8>, acpi: bool) -> (Vm, Capture, TempDir) {
+    let out = Capture::default();
+    let (vm, dir) = tiny_vm_writing_to(stop_after, acpi, Box::new(out.clone()));
+    (vm, out, dir)
+}
+
+/// [`tiny_vm`] with its console going to `out`.
+fn tiny_vm_writing_to(
+    stop_after: Option<u8>,
+    acpi: bool,
+    out: Box<dyn std::io::Write + Send>,
+) -> (Vm, TempDir) {
     let dir = TempDir::new("minivmm-handle");
     let kernel = tiny_kernel(&dir, stop_after);
     let mut cfg = VmConfig::new(kernel);
     cfg.memory = 32 << 20;
     cfg.acpi = acpi;
-    let out = Capture::default();
     let vm = VmBuilder::new(cfg)
         .unwrap()
-        .console_output(Box::new(out.clone()))
+        .console_output(out)
         .build()
         .unwrap();
-    (vm, out, dir)
+    (vm, dir)
+}
+
+/// A console output that takes its time over every write (a slow terminal or a writer
+/// thread the host has not scheduled yet).
+struct Slow(Capture);
+
+impl std::io::Write for Slow {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        std::thread::sleep(Duration::from_millis(300));
+        self.0.write(b)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Wait (scaled to this host's speed) until `cond`.
@@ -163,7 +187,11 @@ fn pause_stops_the_guest_and_resume_lets_it_go_on() {
 #[test]
 fn a_guest_that_resets_ends_the_vm_and_a_vm_without_acpi_has_no_button() {
     let _slot = CpuSlots::take(1);
-    let (vm, out, _dir) = tiny_vm(Some(3), false);
+    // The output is slow, so the guest resets while its last digits are still on their way:
+    // `wait` returns only once they have been written (CI once saw "01" here, when the
+    // writer thread had not been scheduled yet).
+    let out = Capture::default();
+    let (vm, _dir) = tiny_vm_writing_to(Some(3), false, Box::new(Slow(out.clone())));
     vm.start().unwrap();
     assert!(matches!(vm.power_button(), Err(Error::NoPowerButton)));
     assert_eq!(vm.wait(), VmOutcome::Reset);

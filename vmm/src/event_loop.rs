@@ -124,6 +124,14 @@ impl EventLoop {
         for w in &self.devices.workers {
             let _ = w.resume();
         }
+        // The guest's last words reach the console's output before anyone hears that the
+        // VM ended (a front-end that reads the output after `wait` sees all of it), unless
+        // the output is blocked: then they are given up after a bounded wait.
+        if let Some(c) = &self.devices.console {
+            if !c.finish(crate::vm::CONSOLE_DRAIN_TIMEOUT) {
+                log::warn!("console: output still blocked; the rest of it is dropped");
+            }
+        }
         self.shared.set_state(VmState::Ended(outcome));
     }
 

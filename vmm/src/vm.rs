@@ -529,7 +529,9 @@ impl Vm {
         self.shared.state()
     }
 
-    /// Wait until the VM has ended; how it ended.
+    /// Wait until the VM has ended; how it ended. By then the guest's console output has
+    /// been written to the builder's output (unless that output stayed blocked for
+    /// [`CONSOLE_DRAIN_TIMEOUT`]).
     pub fn wait(&self) -> VmOutcome {
         let mut g = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
@@ -614,11 +616,13 @@ impl Drop for Vm {
         if !matches!(self.state(), VmState::Ended(_)) {
             let _ = self.stop();
         }
-        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let _ = t.join();
+        let ran = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let ran = ran.map(|t| t.join()).is_some();
+        // A VM that ran had its console drained by the event loop as it ended; one that
+        // never started may still have its writer thread waiting.
+        if ran {
+            return;
         }
-        // The guest's last words reach stdout before the front-end exits, unless stdout is
-        // blocked: then they are given up after a while.
         if let Some(c) = &self.console {
             if !c.finish(CONSOLE_DRAIN_TIMEOUT) {
                 log::warn!("console: output still blocked; the rest of it is dropped");
