@@ -572,10 +572,55 @@ impl<'a> UpLab<'a> {
         assert!(!ok, "ssh {vm} {cmd:?} succeeded: {out}");
         out
     }
+
+    /// After a failure: take the lab down (its disks then hold a clean file system) and
+    /// keep each VM's console log and its /var/log (read from the disk with debugfs) under
+    /// `target/tmp/lab-logs/LAB-SECONDS/VM/`, since the state is purged next. A lab run costs
+    /// tens of minutes on a PVM host; what went wrong in it should not need another.
+    fn keep_logs(&self) {
+        let _ = self.env.run(&["down", &self.name, "--timeout", "120s"]);
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let keep = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join("lab-logs")
+            .join(format!("{}-{secs}", self.name));
+        for e in std::fs::read_dir(self.vms_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let to = keep.join(e.file_name());
+            if std::fs::create_dir_all(&to).is_err() {
+                continue;
+            }
+            let _ = std::fs::copy(e.path().join("console.log"), to.join("console.log"));
+            // The image's root file system is its first partition, at 1 MiB.
+            let o = Command::new("debugfs")
+                .arg("-R")
+                .arg(format!("rdump /var/log {}", to.display()))
+                .arg(format!(
+                    "{}?offset=1048576",
+                    e.path().join("disk.img").display()
+                ))
+                .output();
+            if o.is_err() || !to.join("log").is_dir() {
+                eprintln!("{}: /var/log not read from its disk: {o:?}", to.display());
+            }
+        }
+        eprintln!(
+            "lab {}: the VMs' consoles and /var/log are kept in {}",
+            self.name,
+            keep.display()
+        );
+    }
 }
 
 impl Drop for UpLab<'_> {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.keep_logs();
+        }
         let o = self
             .env
             .run(&["down", &self.name, "--timeout", "120s", "--purge"]);

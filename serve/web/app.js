@@ -590,10 +590,16 @@ async function openConsole(name, state) {
       consoleStatus(`${state}: its console.log (read only)`);
     }
   } catch (e) {
-    if (seq !== con.seq) return;
-    consoleStatus('');
-    if (e.status !== 401) showMessage(`console ${name}: ${e.message}`);
+    consoleFailed(name, seq, e, '');
   }
+}
+
+/** A step of console session `seq` failed: says so, unless that session is over by now
+ * (a 401 has sent the page to its login already). */
+function consoleFailed(name, seq, err, status) {
+  if (seq !== con.seq) return;
+  consoleStatus(status);
+  if (err.status !== 401) showMessage(`console ${name}: ${err.message}`);
 }
 
 /** Tries to reconnect, the n-th after n seconds, when the server ends a live console. */
@@ -636,11 +642,9 @@ async function connectConsole(name, seq, attempt) {
       consoleStatus('disconnected — reconnecting…');
       setTimeout(() => {
         if (seq !== con.seq) return;
-        connectConsole(name, seq, next).catch((err) => {
-          if (seq !== con.seq) return;
-          consoleStatus('disconnected');
-          if (err.status !== 401) showMessage(`console ${name}: ${err.message}`);
-        });
+        connectConsole(name, seq, next).catch((err) =>
+          consoleFailed(name, seq, err, 'disconnected'),
+        );
       }, next * 1000);
       return;
     }
