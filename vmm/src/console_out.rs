@@ -139,6 +139,14 @@ impl Write for ConsoleOutput {
 }
 
 impl ConsoleDrain {
+    /// [`finish`](Self::finish), with a warning when the output stayed blocked past
+    /// `timeout` (what the VM does as it ends).
+    pub fn finish_or_warn(&self, timeout: Duration) {
+        if !self.finish(timeout) {
+            log::warn!("console: output still blocked; the rest of it is dropped");
+        }
+    }
+
     /// The VM is ending: a vCPU waiting for room stops waiting (its bytes are dropped), and
     /// the writer finishes what is buffered. Returns at once.
     pub fn close(&self) {

@@ -128,9 +128,7 @@ impl EventLoop {
         // VM ended (a front-end that reads the output after `wait` sees all of it), unless
         // the output is blocked: then they are given up after a bounded wait.
         if let Some(c) = &self.devices.console {
-            if !c.finish(crate::vm::CONSOLE_DRAIN_TIMEOUT) {
-                log::warn!("console: output still blocked; the rest of it is dropped");
-            }
+            c.finish_or_warn(crate::vm::CONSOLE_DRAIN_TIMEOUT);
         }
         self.shared.set_state(VmState::Ended(outcome));
     }

@@ -624,9 +624,7 @@ impl Drop for Vm {
             return;
         }
         if let Some(c) = &self.console {
-            if !c.finish(CONSOLE_DRAIN_TIMEOUT) {
-                log::warn!("console: output still blocked; the rest of it is dropped");
-            }
+            c.finish_or_warn(CONSOLE_DRAIN_TIMEOUT);
         }
     }
 }
