@@ -177,7 +177,6 @@ impl ConsoleDrain {
                 "console: {} bytes of guest output dropped at the end (output blocked)",
                 st.dropped
             );
-            st.dropped = 0; // said once, though both the event loop and a drop finish
         }
         true
     }

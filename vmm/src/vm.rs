@@ -616,11 +616,11 @@ impl Drop for Vm {
         if !matches!(self.state(), VmState::Ended(_)) {
             let _ = self.stop();
         }
-        let ran = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let ran = ran.map(|t| t.join()).is_some();
         // A VM that ran had its console drained by the event loop as it ended; one that
         // never started may still have its writer thread waiting.
-        if ran {
+        let event_loop = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = event_loop {
+            let _ = t.join();
             return;
         }
         if let Some(c) = &self.console {
