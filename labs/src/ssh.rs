@@ -89,15 +89,23 @@ pub fn command(state: &Path, target: &str, cmd: &[String]) -> Result<Command, Er
         .user
         .clone()
         .unwrap_or_else(|| crate::validate::DEFAULT_USER.into());
+    Ok(client(
+        &ld.file("key"),
+        &ld.file("known_hosts"),
+        &format!("{user}@{addr}"),
+        cmd,
+    ))
+}
+
+/// OpenSSH's client for `dest` (`USER@ADDRESS`) with the lab's `key` and `known_hosts`
+/// and nothing else of the user's, running `cmd` (a login shell when empty).
+fn client(key: &Path, known_hosts: &Path, dest: &str, cmd: &[String]) -> Command {
     let mut c = Command::new("ssh");
     c.arg("-i")
-        .arg(ld.file("key"))
+        .arg(key)
         .args(["-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"])
         .arg("-o")
-        .arg(format!(
-            "UserKnownHostsFile={}",
-            ld.file("known_hosts").display()
-        ))
+        .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
         .args([
             "-o",
             "GlobalKnownHostsFile=/dev/null",
@@ -109,12 +117,51 @@ pub fn command(state: &Path, target: &str, cmd: &[String]) -> Result<Command, Er
             // route (ARP) or refused.
             "-o",
             "ConnectTimeout=90",
+            // A VM that ends or stops answering while a session is open: ssh gives up
+            // after 10 keepalives unanswered for 30 s each (5 minutes: a busy PVM guest
+            // can take tens of seconds to answer one), instead of waiting for TCP.
+            "-o",
+            "ServerAliveInterval=30",
+            "-o",
+            "ServerAliveCountMax=10",
             "-o",
             "LogLevel=ERROR",
         ])
-        .arg(format!("{user}@{addr}"));
+        .arg(dest);
     if !cmd.is_empty() {
         c.arg("--").args(cmd);
     }
-    Ok(c)
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_trusts_only_the_lab_and_gives_up_on_a_silent_vm() {
+        let c = client(
+            Path::new("/s/key"),
+            Path::new("/s/known_hosts"),
+            "student@10.0.0.2",
+            &["hostname".to_string()],
+        );
+        let args: Vec<String> = c
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let opt = |o: &str| args.windows(2).any(|w| w[0] == "-o" && w[1] == o);
+        assert!(opt("UserKnownHostsFile=/s/known_hosts"));
+        assert!(opt("GlobalKnownHostsFile=/dev/null"));
+        assert!(opt("StrictHostKeyChecking=yes"));
+        assert!(opt("BatchMode=yes"));
+        // 10 keepalives 30 s apart: a session whose VM stops answering ends in 5 minutes.
+        assert!(opt("ServerAliveInterval=30"));
+        assert!(opt("ServerAliveCountMax=10"));
+        assert_eq!(args[..2], ["-i", "/s/key"]);
+        assert_eq!(
+            args[args.len() - 3..],
+            ["student@10.0.0.2", "--", "hostname"]
+        );
+    }
 }
