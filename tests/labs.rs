@@ -18,7 +18,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use minivmm_tests::{
-    debian_dir, guest_file, minivmm_bin, repo_root, servers, Budget, CpuSlots, NetNs, TempDir,
+    debian_dir, guest_file, minivmm_bin, repo_root, servers, wait, Budget, CpuSlots, NetNs, TempDir,
 };
 
 const BAD_INPUT: i32 = 2;
@@ -524,15 +524,6 @@ fn login_failed(status: std::process::ExitStatus, stderr: &str, addr: &str) -> b
             || first.starts_with(&format!("Connection reset by {addr} port 22")))
 }
 
-/// Read all of `pipe` on a thread of its own (so that a full pipe never blocks the child).
-fn drain(mut pipe: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = pipe.read_to_end(&mut v);
-        text(&v)
-    })
-}
-
 /// A running lab, taken down (and its state purged) on drop.
 struct UpLab<'a> {
     env: &'a LabEnv,
@@ -660,33 +651,18 @@ impl<'a> UpLab<'a> {
         }
     }
 
-    /// One `minivmm ssh VM -- CMD`: its status (None if killed at its deadline), stdout,
-    /// stderr.
+    /// One `minivmm ssh VM -- CMD`, killed at its deadline (`minivmm ssh` has exec'd ssh:
+    /// that ends the connection); its status (None if killed), stdout and stderr.
     fn ssh_once(&self, vm: &str, cmd: &str) -> (Option<std::process::ExitStatus>, String, String) {
-        let deadline = SSH_BASE.mul_f64(minivmm_tests::speed::factor());
-        let mut child = self
+        let child = self
             .env
             .cmd(&["ssh", &format!("{}/{vm}", self.name), "--", cmd])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let out = drain(child.stdout.take().unwrap());
-        let err = drain(child.stderr.take().unwrap());
-        let t0 = Instant::now();
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break Some(status);
-            }
-            if t0.elapsed() > deadline {
-                // `minivmm ssh` has exec'd ssh: this ends the connection.
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        };
-        (status, out.join().unwrap(), err.join().unwrap())
+        let f = wait(child, SSH_BASE.mul_f64(minivmm_tests::speed::factor()));
+        (f.status, f.stdout, f.stderr)
     }
 
     /// `minivmm ssh VM -- CMD`, which must succeed; its stdout.

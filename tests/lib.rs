@@ -186,9 +186,10 @@ pub fn spawn(args: &[&str]) -> Child {
         .expect("starting minivmm")
 }
 
-/// Wait for `child` until `deadline` (wall clock), killing it then; collect its output.
-/// For runs that end before a guest boots (bad input, the console tests); a booting guest
-/// runs as a [`Vm`], under a [`Budget`].
+/// Wait for `child` (its stdout and stderr piped) until `deadline` (wall clock), killing
+/// it then; collect its output. For processes that boot no guest themselves (minivmm on
+/// bad input, the console tests, an ssh to a lab VM); a booting guest runs as a [`Vm`],
+/// under a [`Budget`].
 pub fn wait(child: Child, deadline: Duration) -> Finished {
     Vm::adopt(
         child,
