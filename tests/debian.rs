@@ -61,6 +61,15 @@ fn keygen(path: &Path, comment: &str) -> String {
         .to_string()
 }
 
+/// Whether the host's CPU has AVX (what guest user code finds in CPUID on a PVM host).
+fn host_has_avx() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .is_some_and(|l| l.split_whitespace().any(|f| f == "avx"))
+}
+
 /// One VM of the test: its name, MAC, address and files.
 struct Server {
     name: String,
@@ -107,7 +116,8 @@ impl Server {
              \x20 ed25519_private: |\n{}\
              \x20 ed25519_public: {host_pub}\n\
              runcmd:\n\
-             \x20 - [sh, -c, 'echo \"runcmd {token} $((6 * 7)) $(hostname)\" > /var/tmp/runcmd.out']\n",
+             \x20 - [sh, -c, 'echo \"runcmd {token} $((6 * 7)) $(hostname)\" > /var/tmp/runcmd.out']\n\
+             \x20 - [sh, -c, 'env > /var/tmp/runcmd.env']\n",
             indent(&host_priv)
         );
         std::fs::write(seed.join("user-data"), user_data).unwrap();
@@ -356,7 +366,16 @@ fn cloud_init_ssh_identity_and_shutdown() {
          if [ -d /run/vminit ]; then \
            echo \"state=$(cat /run/vminit/state) $(ls /run/vminit/failed 2>/dev/null)\"; \
          else echo \"state=$(systemctl is-system-running)\"; fi; \
-         echo \"machine_id=$(cat /etc/machine-id)\";";
+         echo \"machine_id=$(cat /etc/machine-id)\"; \
+         g='-e ^GLIBC_TUNABLES=glibc.cpu.hwcaps=-OSXSAVE$ -e ^OPENSSL_ia32cap=~0x1000100000000000:0$'; \
+         echo \"xsave=$(grep -m1 '^flags' /proc/cpuinfo | grep -cw xsave)\"; \
+         echo \"guard_file=$(tr -d '\"' </etc/environment | grep -c $g)\"; \
+         for p in sshd systemd-network agetty; do \
+           echo \"guard_$p=$(sudo cat /proc/$(pgrep -o -x $p)/environ | tr '\\0' '\\n' | grep -c $g)\"; \
+         done; \
+         echo \"guard_runcmd=$(grep -c $g /var/tmp/runcmd.env)\"; \
+         echo \"guard_sudo=$(sudo env | grep -c $g)\"; \
+         echo \"guard_login=$(env | grep -c $g)\";";
     let mut ids = Vec::new();
     for (s, vm) in servers.iter().zip(vms.iter()) {
         let out = ssh.ok(s, vm, facts_cmd);
@@ -380,6 +399,30 @@ fn cloud_init_ssh_identity_and_shutdown() {
         // one its seed gave it: ssh logged in with StrictHostKeyChecking=yes and only
         // that key in known_hosts (the key file itself is root's: cloud-init writes
         // `ssh_keys` with mode 0600, the public half too).
+        // The vector guard (vminit.c): where the guest kernel does not save the AVX
+        // registers (no xsave in its /proc/cpuinfo) but the CPU has AVX, which user code
+        // then finds usable (PVM hosts), glibc and OpenSSL are told not to use it in
+        // every process: those vminit starts (sshd, systemd-networkd, the getty, and
+        // cloud-init's commands through the boot script), login sessions (pam_env) and
+        // sudo (env_file); elsewhere in none. Both variables, or neither.
+        let guarded = fact("xsave") == "0" && host_has_avx();
+        let want = if guarded { "2" } else { "0" };
+        for k in [
+            "guard_file",
+            "guard_sshd",
+            "guard_systemd-network",
+            "guard_agetty",
+            "guard_runcmd",
+            "guard_sudo",
+            "guard_login",
+        ] {
+            assert_eq!(
+                fact(k),
+                want,
+                "{}: {k} (guard expected: {guarded}):\n{out}",
+                s.name
+            );
+        }
         let id = fact("machine_id");
         assert_eq!(id.len(), 32, "{out}");
         ids.push(id);

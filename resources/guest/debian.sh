@@ -242,6 +242,9 @@ dpkg-query --admindir="$ROOT/var/lib/dpkg" -W -f='${Package} ${Version}\n' >"$TM
 say "applying debian/overlay and the unit lists"
 # Files as they are in the tree (root:root, their modes), symlinks as symlinks.
 cp -a --no-preserve=ownership "$DEB/overlay/." "$ROOT/"
+# sudoers drop-ins: read-only, as visudo makes them (git keeps 0644), and checked.
+chmod 0440 "$ROOT"/etc/sudoers.d/vminit
+run chroot "$ROOT" /usr/sbin/visudo -c -f /etc/sudoers.d/vminit
 
 # vminit (debian/vminit.c): the light PID 1, static like the test guest's mvtool.
 # It is the image's /sbin/init; systemd-sysv's /sbin/init (a link to systemd) is

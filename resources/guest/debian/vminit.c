@@ -73,13 +73,17 @@
 /* Debian's base-passwd gives the utmp group this fixed gid. */
 #define UTMP_GID 43
 
-static const char *const child_env[] = {
+/* The environment of every process vminit starts (spawn): these, and the vector
+ * guard's variables when it is on (vector_state_guard adds them before the first
+ * spawn). */
+static const char *child_env[8] = {
 	"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 	"HOME=/root",
 	"TERM=vt220",
 	"LANG=C.UTF-8",
 	NULL,
 };
+static size_t child_env_len = 4;
 
 static const char *const getty_argv[] = {
 	"/sbin/agetty", "-o", "-p -- \\u", "--keep-baud", "115200,57600,38400,9600",
@@ -525,12 +529,22 @@ static int telinit(int argc, char **argv)
  * enabled XSAVE and XCR0 has state beyond x87|SSE, vminit puts
  *   GLIBC_TUNABLES=glibc.cpu.hwcaps=-OSXSAVE  (glibc: no AVX, FMA, AVX2, AVX-512)
  *   OPENSSL_ia32cap=~0x1000100000000000:0       (OpenSSL: no AVX, FMA, leaf-7 extensions)
- * in its own environment (every process it starts inherits them) and in
- * /etc/environment (between two marker lines), which pam_env reads for SSH, console
- * and sudo sessions; it removes those lines when the kernel saves the state (the same
- * image on a VT-x/AMD-V host). vminit.vector_guard=off on the kernel command line
- * turns this off. Set-uid programs ignore both variables; one process using AVX alone
- * is safe, since two are needed for one to see the other's registers.
+ * in the environment of every process it starts (child_env: the boot script, so
+ * cloud-init and its commands, systemd-networkd, sshd, mariadbd, nginx; the getty) and
+ * in /etc/environment (between two marker lines), which pam_env reads for SSH and
+ * console sessions and sudo reads through /etc/sudoers.d/vminit (env_file; sudo's
+ * env_reset would drop them otherwise); it removes those lines when the kernel saves
+ * the state (the same image on a VT-x/AMD-V host). vminit.vector_guard=off on the
+ * kernel command line turns this off. Set-uid programs ignore GLIBC_TUNABLES; one
+ * process using AVX alone is safe, since two are needed for one to see the other's
+ * registers.
+ *
+ * Until 2026-12-04 vminit only set them in its own environment, which spawn() never
+ * passed on (it gives children child_env): everything but login and SSH sessions ran
+ * unguarded, and the faults blamed on the host since (sshd refusing a good key,
+ * mariadbd crashing in Field::clone, a mariadb-dump from cloud-init's runcmd failing
+ * "certificate signature failure", systemd-networkd dying in libc) all hit processes
+ * that vminit had started.
  *
  * MariaDB's server checks CPUID and XCR0 itself and computes its CRC-32C (InnoDB
  * pages and redo log) with AVX-512 in any of its threads: neither variable reaches
@@ -548,6 +562,8 @@ static const char *const GUARD_VARS[][2] = {
 	{"GLIBC_TUNABLES", "glibc.cpu.hwcaps=-OSXSAVE"},
 	{"OPENSSL_ia32cap", "~0x1000100000000000:0"},
 };
+_Static_assert(4 + sizeof(GUARD_VARS) / sizeof(GUARD_VARS[0]) < sizeof(child_env) / sizeof(child_env[0]),
+	       "child_env has room for the guard's variables and its NULL");
 
 static int kernel_saves_xstate(void)
 {
@@ -639,8 +655,13 @@ static void vector_state_guard(void)
 		say("XCR0 %#llx but the kernel saves x87/SSE only (no xsave in /proc/cpuinfo): "
 		    "glibc and OpenSSL told not to use AVX (GLIBC_TUNABLES, OPENSSL_ia32cap)",
 		    (unsigned long long)xcr0);
-		for (size_t i = 0; i < sizeof(GUARD_VARS) / sizeof(GUARD_VARS[0]); i++)
-			setenv(GUARD_VARS[i][0], GUARD_VARS[i][1], 1);
+		static char guard_env[sizeof(GUARD_VARS) / sizeof(GUARD_VARS[0])][64];
+		for (size_t i = 0; i < sizeof(GUARD_VARS) / sizeof(GUARD_VARS[0]); i++) {
+			snprintf(guard_env[i], sizeof(guard_env[i]), "%s=%s", GUARD_VARS[i][0],
+				 GUARD_VARS[i][1]);
+			child_env[child_env_len++] = guard_env[i];
+		}
+		child_env[child_env_len] = NULL;
 		if (access(MARIADBD_NO_AVX512, X_OK) == 0 && access(MARIADBD, X_OK) == 0) {
 			if (mount(MARIADBD_NO_AVX512, MARIADBD, NULL, MS_BIND, NULL) == 0)
 				say("MariaDB without AVX-512: %s bind-mounted on %s", MARIADBD_NO_AVX512,
