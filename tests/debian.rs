@@ -395,10 +395,6 @@ fn cloud_init_ssh_identity_and_shutdown() {
         assert_eq!(fact("mac"), s.mac, "{out}");
         // The boot's state: everything started.
         assert_eq!(fact("state"), "running", "{}: {out}", s.name);
-        // Who is this: its machine-id (made at its first boot). Its SSH host key is the
-        // one its seed gave it: ssh logged in with StrictHostKeyChecking=yes and only
-        // that key in known_hosts (the key file itself is root's: cloud-init writes
-        // `ssh_keys` with mode 0600, the public half too).
         // The vector guard (vminit.c): where the guest kernel does not save the AVX
         // registers (no xsave in its /proc/cpuinfo) but the CPU has AVX, which user code
         // then finds usable (PVM hosts), glibc and OpenSSL are told not to use it in
@@ -423,6 +419,10 @@ fn cloud_init_ssh_identity_and_shutdown() {
                 s.name
             );
         }
+        // Who is this: its machine-id (made at its first boot). Its SSH host key is the
+        // one its seed gave it: ssh logged in with StrictHostKeyChecking=yes and only
+        // that key in known_hosts (the key file itself is root's: cloud-init writes
+        // `ssh_keys` with mode 0600, the public half too).
         let id = fact("machine_id");
         assert_eq!(id.len(), 32, "{out}");
         ids.push(id);
