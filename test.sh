@@ -10,22 +10,27 @@
 #   - the benchmark charts in docs/bench/ rendered in a headless Chromium and checked
 #     (resources/bench/check-charts.sh installs Debian's chromium; full runs only),
 #   - prints a summary: boots, seconds per boot, the speed factor, the slowest tests.
-# Needs root (KVM, tap devices, network namespaces). --servers adds the tests on the Debian
-# server image (tests/debian.rs: cloud-init and SSH on two VMs; tests/labs.rs: ssh-pair),
-# --servers --all-labs the big labs too. Other
-# arguments go to
-# `cargo nextest run` / `cargo test`, e.g. ./test.sh -p vmm, or ./test.sh --test disk.
+# Needs root (KVM, tap devices, network namespaces).
+#
+# The Debian server image (resources/guest/debian.sh, built once and cached) runs in:
+#   (default)      the ssh-pair lab (tests/labs.rs: two Debian VMs; ssh, git push, scp), so
+#                  that CI runs it;
+#   --servers      also tests/debian.rs (cloud-init, SSH, identities, shutdown: two more);
+#   --all-labs     also the bigger labs, mysql-tls-backup and web-data-clients (three and
+#                  four Debian VMs);
+#   --no-servers   nothing on the Debian image (nor its build): minutes instead of ~half an
+#                  hour on a PVM host.
+# Other arguments go to `cargo nextest run` / `cargo test`, e.g. ./test.sh -p vmm, or
+# ./test.sh --test disk (the Debian image is then built only if a selected test needs it).
 # tests/README.md says how the deadlines work and how to run one test alone.
 set -euo pipefail
 cd "$(dirname "$0")"
-# --servers: the tests on the Debian server image (tests/debian.rs, 2 VMs; tests/labs.rs:
-# ssh_pair, 2 VMs);
-# --all-labs: with --servers, also those that boot three or four Debian VMs each
-# (mysql_tls_backup, web_data_clients).
+export MINIVMM_TEST_SERVERS=${MINIVMM_TEST_SERVERS:-lab}
 args=()
 for a in "$@"; do
 	case $a in
 	--servers) export MINIVMM_TEST_SERVERS=1 ;;
+	--no-servers) export MINIVMM_TEST_SERVERS=0 ;;
 	--all-labs) export MINIVMM_TEST_ALL_LABS=1 ;;
 	*) args+=("$a") ;;
 	esac
@@ -37,6 +42,17 @@ export MINIVMM_TEST_GUEST
 MINIVMM_TEST_GUEST=$(bash resources/guest/build.sh | tail -n 1)
 t_guest=$(($(date +%s) - t0))
 echo "test guest: $MINIVMM_TEST_GUEST (${t_guest} s)" >&2
+# The Debian server image, before any test runs (built once: ~7 minutes on a 2-core PVM
+# host, seconds from the cache), unless no test will boot it or tests were selected (then
+# the first test that needs it builds it: tests/lib.rs, debian_dir).
+t_debian=0
+if [ "$MINIVMM_TEST_SERVERS" != 0 ] && [ $# -eq 0 ] && [ -z "${MINIVMM_DEBIAN_DIR:-}" ]; then
+	t=$(date +%s)
+	export MINIVMM_DEBIAN_DIR
+	MINIVMM_DEBIAN_DIR=$(bash resources/guest/debian.sh | tail -n 1)
+	t_debian=$(($(date +%s) - t))
+	echo "Debian server image: $MINIVMM_DEBIAN_DIR (${t_debian} s)" >&2
+fi
 # Debian's chromium and Playwright (PyPI) for tests/browser.rs, the web console's tests
 # (installed once; seconds after that).
 bash resources/web/setup-browser.sh >/dev/null ||
@@ -113,7 +129,7 @@ t_end=$(date +%s)
 	grep -E '^ +(PASS|FAIL|TIMEOUT|SIGKILL|SIGSEGV|SIGABRT|ABORT) \[' "$log" |
 		sed -E 's/^ +([A-Z]+) \[ *([0-9.]+)s\] (\([^)]*\) )?/\2 \1 /' |
 		sort -rn | awk '!seen[$0]++' | head -n 8 | sed 's/^/slowest: /' || true
-	echo "guest build ${t_guest} s, tests $((t_fuzz - t_tests)) s," \
+	echo "guest build ${t_guest} s, Debian image ${t_debian} s, tests $((t_fuzz - t_tests)) s," \
 		"fuzz smoke $((t_end - t_fuzz)) s, whole run $((t_end - t0)) s"
 } >&2
 exit "$rc"

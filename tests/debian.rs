@@ -19,13 +19,14 @@
 //! image, in tests/cloudinit.rs.
 //!
 //! Gated: only with `MINIVMM_TEST_SERVERS=1` (`./test.sh --servers`), since it needs the
-//! image (built on first use) and boots two Debian VMs (minutes each on a PVM host).
+//! image (built on first use) and boots two Debian VMs (minutes each on a PVM host); CI
+//! runs the `ssh-pair` lab on the same image instead (tests/labs.rs).
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use minivmm_tests::{debian_dir, servers, Budget, CpuSlots, NetNs, TempDir, Vm};
+use minivmm_tests::{debian_dir, servers, Budget, CpuSlots, NetNs, Servers, TempDir, Vm};
 
 /// The namespace's bridge and its network (the host side is .1).
 const BRIDGE: &str = "mvdeb0";
@@ -310,7 +311,7 @@ fn wait_ready(ssh: &Ssh, s: &Server, vm: &mut Vm, t0: Instant) -> (f64, f64) {
 
 #[test]
 fn cloud_init_ssh_identity_and_shutdown() {
-    if !servers() {
+    if !servers(Servers::All) {
         return;
     }
     let dir = debian_dir();

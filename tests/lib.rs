@@ -472,16 +472,39 @@ pub fn seccomp_of_threads(pid: u32) -> Vec<(String, String)> {
 
 // --- the Debian server image -----------------------------------------------------------
 
-/// Whether the tests on the Debian server image run at all (`MINIVMM_TEST_SERVERS=1`,
-/// `./test.sh --servers`): they need the image, which `resources/guest/debian.sh` builds
-/// (minutes), and each boots Debian VMs (minutes each on a PVM host). Without it the test
-/// says so and passes.
-pub fn servers() -> bool {
-    let on = std::env::var("MINIVMM_TEST_SERVERS").is_ok_and(|v| v == "1");
+/// Which tests on the Debian server image run, from `MINIVMM_TEST_SERVERS`: unset or `0`
+/// none; `lab` the `ssh-pair` lab only (tests/labs.rs: two Debian VMs; `./test.sh`'s
+/// default, so CI runs it); `1` also tests/debian.rs (two more, `./test.sh --servers`).
+/// They need the image, which `resources/guest/debian.sh` builds (minutes, once), and each
+/// boots Debian VMs (minutes each on a PVM host). A test left out says so and passes.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub enum Servers {
+    /// No test boots the Debian image.
+    None,
+    /// The `ssh-pair` lab (and, with `MINIVMM_TEST_ALL_LABS=1`, the bigger labs).
+    Lab,
+    /// The labs and tests/debian.rs.
+    All,
+}
+
+/// The level `MINIVMM_TEST_SERVERS` asks for (see [`Servers`]).
+pub fn servers_level() -> Servers {
+    match std::env::var("MINIVMM_TEST_SERVERS").as_deref() {
+        Ok("1") => Servers::All,
+        Ok("lab") => Servers::Lab,
+        _ => Servers::None,
+    }
+}
+
+/// Whether the Debian server tests at `level` run; if not, says how to run them.
+pub fn servers(level: Servers) -> bool {
+    let on = servers_level() >= level;
     if !on {
-        eprintln!(
-            "SKIPPED: set MINIVMM_TEST_SERVERS=1 (./test.sh --servers) to run the Debian server tests"
-        );
+        let how = match level {
+            Servers::All => "MINIVMM_TEST_SERVERS=1 (./test.sh --servers)",
+            _ => "MINIVMM_TEST_SERVERS=lab (./test.sh does)",
+        };
+        eprintln!("SKIPPED: set {how} to run this test on the Debian server image");
     }
     on
 }
