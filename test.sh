@@ -18,8 +18,8 @@
 #   --servers      also tests/debian.rs (cloud-init, SSH, identities, shutdown: two more);
 #   --all-labs     also the bigger labs, mysql-tls-backup and web-data-clients (three and
 #                  four Debian VMs);
-#   --no-servers   nothing on the Debian image (nor its build): minutes instead of ~half an
-#                  hour on a PVM host.
+#   --no-servers   nothing on the Debian image (nor its build): on a 2-core PVM host about
+#                  25 minutes instead of an hour.
 # Other arguments go to `cargo nextest run` / `cargo test`, e.g. ./test.sh -p vmm, or
 # ./test.sh --test disk (the Debian image is then built only if a selected test needs it).
 # tests/README.md says how the deadlines work and how to run one test alone.
