@@ -488,7 +488,7 @@ pub enum Servers {
 }
 
 /// The level `MINIVMM_TEST_SERVERS` asks for (see [`Servers`]).
-pub fn servers_level() -> Servers {
+fn servers_level() -> Servers {
     match std::env::var("MINIVMM_TEST_SERVERS").as_deref() {
         Ok("1") => Servers::All,
         Ok("lab") => Servers::Lab,
