@@ -18,6 +18,7 @@ Measured per boot, from the moment the VMM process is started (host wall clock):
   - cloud-init: until the console says the boot has finished (vminit's "boot finished",
                 which follows cloud-init's final stage, or cloud-init's final message);
   - console:    when the kernel's "Run /sbin/init as init process" line appeared;
+  - login:      then, on the booted VM, three `ssh ... true` in a row, each timed;
 and from the serial console, on the guest's clock (its printk / uptime seconds): that
 "Run ... as init process" line and vminit's progress lines ("[  T] vminit: ..."; the last
 is "boot finished: STATE"). Then `sudo poweroff` over SSH, and the VMM's exit (code and
@@ -53,6 +54,7 @@ POLL_S = 2.0
 # too short in tests/debian.rs). Until sshd listens, tries end at once (refused, or no
 # route before the address is up), so a long timeout costs no resolution.
 CONNECT_S = 60
+LOGINS = 3  # `ssh ... true` on the booted VM, timed one by one
 EXIT_WAIT_S = 240  # after `sudo poweroff` (its login included), for the VMM to exit
 BASE_CMDLINE = "console=ttyS0 reboot=k panic=1"  # minivmm's default
 EXTRA_CMDLINE = "net.ifnames=0"  # eth0, as network-config matches by MAC anyway
@@ -305,6 +307,18 @@ class Bench:
                         break
                     check()
                     time.sleep(0.5)
+                # Logins on the booted VM, one after the other: what one costs when
+                # nothing else runs in the guest (the first one above competed with the
+                # boot's last stages).
+                res["logins"] = []
+                for _ in range(LOGINS):
+                    check()
+                    t = time.monotonic()
+                    rc, err = self.ssh(d, addr, "true", 300)
+                    if rc != 0:
+                        raise BootFailed(f"login on the booted VM: rc {rc}: {err}")
+                    res["logins"].append(time.monotonic() - t)
+                res["login"] = statistics.median(res["logins"])
                 measured = True
             except BootFailed as e:
                 res["error"] = str(e)
@@ -413,6 +427,7 @@ def report(a, bench, vmms, results, ns_iter, factor, argv):
             ("VMM start to `Run /sbin/init` on the console (s, host clock)", "init_host"),
             ("VMM start to first console line (s, host clock)", "first_console"),
             ("vminit: `boot finished` (s, guest clock)", "finished_guest"),
+            (f"one `ssh ... true` on the booted VM (s, median of {LOGINS} in a row)", "login"),
             ("`sudo poweroff` to VMM exit (s)", "poweroff_s")]
     both = len(vmms) == 2
     head = "| | " + " | ".join(NAMES[v] for v in vmms) + (" | minivmm / QEMU |" if both else " |")
@@ -468,7 +483,7 @@ def report(a, bench, vmms, results, ns_iter, factor, argv):
 
 def write_json(path, a, vmms, results, argv, text):
     names = [("VMM start to first SSH command", "ssh"), ("VMM start to cloud-init finished", "cloud_init"),
-             ("kernel to init (guest clock)", "init_guest")]
+             ("kernel to init (guest clock)", "init_guest"), ("SSH login on the booted VM", "login")]
     ok = lambda v, k: [r[k] for r in results if r["vmm"] == v and not r["error"] and r.get(k) is not None]
     metrics = [benchjson.metric(n, "s", "lower", ok("minivmm", k), ok("qemu", k)) for n, k in names]
     benchjson.write(path, "debian-ssh", "Debian server: boot to SSH", " ".join(argv), text, metrics)
@@ -520,6 +535,7 @@ def main():
                     say(f"round {rnd} {vmm}: ssh {fmt(r['ssh'])} s, cloud-init {fmt(r['cloud_init'])} s, "
                         f"Run init at {fmt(r.get('init_guest'))} s guest / {fmt(r.get('init_host'))} s host, "
                         f"boot finished at {fmt(r.get('finished_guest'))} s guest ({r.get('state', '?')}), "
+                        f"logins {', '.join(fmt(x) for x in r.get('logins', []))} s, "
                         f"exit {r.get('exit')} {fmt(r.get('poweroff_s'))} s after poweroff")
                 for g, h, t in r["timeline"]:
                     say(f"    [{g:8.2f} guest / {h:8.2f} host] {t}")

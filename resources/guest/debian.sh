@@ -316,9 +316,20 @@ EOF
 # vminit mounts a NoCloud seed disk here (see /etc/vminit/boot).
 mkdir -p "$ROOT/var/lib/cloud/seed/nocloud"
 # Logins on the serial console: login(1) gives up after LOGIN_TIMEOUT seconds, and
-# its PAM stack alone can take a minute on a busy PVM host. The dynamic MOTD's
-# only script (10-uname) is two more processes per login (run-parts, uname).
+# its PAM stack alone can take a minute on a busy PVM host.
 sed -i 's/^LOGIN_TIMEOUT.*/LOGIN_TIMEOUT\t\t600/' "$ROOT/etc/login.defs"
+# No dynamic MOTD: for every SSH or console login, pam_motd's first line runs
+# `sh -c "env -i ... run-parts /etc/update-motd.d > /run/motd.dynamic.new"` (three
+# programs, and run-parts runs 10-uname, which runs uname): seconds of emulated
+# kernel work per login on PVM hosts, for a line with the kernel's version. The
+# static /etc/motd (the second pam_motd line, `noupdate`) is still shown.
+for f in sshd login; do
+	grep -q '^session.*pam_motd\.so.*motd=/run/motd\.dynamic' "$ROOT/etc/pam.d/$f" ||
+		die "/etc/pam.d/$f has no dynamic pam_motd line to remove (a new libpam?)"
+	sed -i '/^session.*pam_motd\.so.*motd=\/run\/motd\.dynamic/d' "$ROOT/etc/pam.d/$f"
+	grep -q '^session.*pam_motd\.so.*noupdate' "$ROOT/etc/pam.d/$f" ||
+		die "/etc/pam.d/$f lost its static pam_motd line"
+done
 rm -f "$ROOT/etc/update-motd.d/10-uname"
 # The image's Python byte code in one file, from which cloud-init-stages imports
 # cloud-init with two system calls per module instead of ~9 (debian/pybundle.py).

@@ -8,8 +8,10 @@ cloud-init reads), `ip --json addr` (what cloud-init's table shows) and `ip rout
 cloud-init's modules those answers (AnsweringSubp) with a fake subp module.
 Then the byte-code bundle: pybundle.py over this host's own Python, modules imported
 through the bundle's finder work and come from it, and a module whose source is missing
-is not served from the bundle. Exit status 0 when every check passes; each failure is
-printed.
+is not served from the bundle. Then the work done once per process (gettext.find, the
+JSON schema) against the originals, is_container() with and without signs of a container,
+the log file handler that writes a buffer at a time, and the step `nice`. Exit status 0
+when every check passes; each failure is printed.
 """
 import ipaddress
 import json
@@ -148,6 +150,7 @@ with tempfile.TemporaryDirectory() as d:
         "print(type(json.__spec__.loader).__name__, type(email.mime.text.__spec__.loader).__name__,"
         " json.__file__, sys.meta_path[0].__class__.__name__)\n"
         "b = [f for f in sys.meta_path if type(f).__name__ == 'Bundle'][0]\n"
+        "print('mapped' if isinstance(b.map, memoryview) else 'pread')\n"
         "b.index['mvtest_no_source'] = b.index['json.scanner'][:3] + ('/nonexistent/mvtest_no_source.py',)\n"
         "try:\n    import mvtest_no_source\n    print('served')\nexcept ImportError:\n    print('refused')\n"
         # A source newer than its byte code in the bundle: the source is what runs.
@@ -159,8 +162,111 @@ with tempfile.TemporaryDirectory() as d:
     words = out.stdout.split()
     check("bundle: modules imported through it", out.returncode == 0 and words[:2] == ["Loader", "Loader"]
           and words[2].endswith("json/__init__.py"), out.stdout + out.stderr)
+    check("bundle: byte code read from the mapped file", "mapped" in words, out.stdout + out.stderr)
     check("bundle: a module without its source is not served", words[-2:-1] == ["refused"], out.stdout + out.stderr)
     check("bundle: a changed source wins over the bundle", words[-1:] == ["stale-source-used"], out.stdout + out.stderr)
+
+# gettext.find() answered once per question: the same answers, the real find() once each.
+fns = {"os": os}
+exec(section("def find_once", "import gettext  # noqa"), fns)
+import gettext  # noqa: E402
+
+calls = []
+
+
+def counting_find(*a):
+    calls.append(a)
+    return gettext.find(*a)
+
+
+with tempfile.TemporaryDirectory() as d:
+    os.makedirs(f"{d}/de/LC_MESSAGES")
+    open(f"{d}/de/LC_MESSAGES/mvtest.mo", "wb").close()
+    cached = fns["find_once"](counting_find)
+    questions = [("argparse", None, None, False), ("mvtest", d, ["de"], False), ("mvtest", d, ["fr"], False),
+                 ("mvtest", d, ["fr", "de"], True), ("argparse", None, None, False), ("mvtest", d, ["de"], False)]
+    got = [cached(*q) for q in questions]
+    want = [gettext.find(*q) for q in questions]
+    check("gettext.find once: the same answers", got == want, f"{got} != {want}")
+    check("gettext.find once: each question asked once", len(calls) == 4, f"{len(calls)} calls")
+
+# util.is_container() without systemd-detect-virt: False with no sign of a container,
+# cloud-init's own check with any.
+with tempfile.TemporaryDirectory() as d:
+    ns["CONTAINER_FILES"] = (f"{d}/container", f"{d}/dockerenv")
+    ns["PID1_ENVIRON"] = f"{d}/environ"
+    open(f"{d}/environ", "wb").write(b"HOME=/\0TERM=linux\0")
+    check_c = ns["is_container"](lambda: "cloud-init's")
+    check("is_container: no sign, not a container", check_c() is False, repr(check_c()))
+    open(f"{d}/environ", "wb").write(b"HOME=/\0container=podman\0")
+    check("is_container: container= in PID 1's environment", check_c() == "cloud-init's", repr(check_c()))
+    open(f"{d}/environ", "wb").write(b"HOME=/\0")
+    open(f"{d}/dockerenv", "w").close()
+    check("is_container: a container's file", check_c() == "cloud-init's", repr(check_c()))
+    os.unlink(f"{d}/environ")
+    os.unlink(f"{d}/dockerenv")
+    check("is_container: an unreadable environment", check_c() == "cloud-init's", repr(check_c()))
+
+# get_schema() parsed once, a copy for each caller.
+reads = []
+schema = ns["schema_once"](lambda: reads.append(1) or {"a": {"b": [1, 2]}})
+s1 = schema()
+s1["a"]["b"].append(3)
+s2 = schema()
+check("schema once: one read, each caller its own copy", reads == [1] and s2 == {"a": {"b": [1, 2]}}, f"{reads} {s2}")
+
+# cloud-init's log file written a buffer at a time, warnings at once, all by flush_logs().
+import logging  # noqa: E402
+
+with tempfile.TemporaryDirectory() as d:
+    path = f"{d}/cloud-init.log"
+    root = logging.getLogger()
+    before = list(root.handlers)
+    handler = None
+
+    def setup_logging():
+        global handler
+        handler = logging.FileHandler(path, "a", "UTF-8")
+        root.addHandler(handler)
+
+    root.setLevel(logging.DEBUG)
+    ns["deferred_log_flush"](setup_logging)()
+    log = logging.getLogger("mvtest")
+    log.debug("one")
+    buffered = open(path).read()
+    log.warning("two")
+    at_warning = open(path).read()
+    log.info("three")
+    before_flush = open(path).read()
+    ns["flush_logs"]()
+    after_flush = open(path).read()
+    root.removeHandler(handler)
+    handler.close()
+    ns["DEFERRED_LOGS"].clear()
+    check("log: DEBUG and INFO lines wait in the buffer", buffered == "" and before_flush == "one\ntwo\n",
+          f"{buffered!r} {before_flush!r}")
+    check("log: a WARNING is written at once", at_warning == "one\ntwo\n", repr(at_warning))
+    check("log: flush_logs() writes the rest", after_flush == "one\ntwo\nthree\n", repr(after_flush))
+    check("log: other handlers untouched", root.handlers == before, f"{root.handlers}")
+
+# The step `nice`: the steps after it (a program here) run at a niceness NICE_AFTER
+# higher, the ones before it at the caller's. In a child Python, which it renices.
+base = os.getpriority(os.PRIO_PROCESS, 0)
+script = (
+    "import os, sys, subprocess\n"
+    f"src = open({STAGES!r}).read()\n"
+    "ns = {'os': os, 'sys': sys, 'subprocess': subprocess, 'cloud_init': None}\n"
+    "exec(src[src.index('# The niceness of what follows'):src.index('def main():')], ns)\n"
+    "before = os.getpriority(os.PRIO_PROCESS, 0)\n"
+    "rc = ns['run']('nice')\n"
+    "child = subprocess.run(['sh', '-c', 'cut -d\" \" -f19 /proc/self/stat'], capture_output=True, text=True)\n"
+    "print(before, rc, os.getpriority(os.PRIO_PROCESS, 0), child.stdout.strip(), ns['NICE_AFTER'])\n"
+)
+out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+w = out.stdout.split()
+check("step nice: later steps run at a higher niceness, a program started after it too",
+      out.returncode == 0 and len(w) == 5 and int(w[0]) == base and w[1] == "0"
+      and int(w[2]) == min(19, base + int(w[4])) and int(w[3]) == int(w[2]), out.stdout + out.stderr)
 
 if failures:
     print(f"{len(failures)} check(s) failed: {', '.join(failures)}")
