@@ -332,7 +332,7 @@ for f in sshd login; do
 done
 rm -f "$ROOT/etc/update-motd.d/10-uname"
 # The image's Python byte code in one file, from which cloud-init-stages imports
-# cloud-init with two system calls per module instead of ~9 (debian/pybundle.py).
+# cloud-init with one system call per module instead of ~9 (debian/pybundle.py).
 run python3 "$DEB/pybundle.py" "$ROOT" "$ROOT/usr/local/lib/vminit/pycode.bundle"
 # Without a seed there is no account to log in with: root may log in on the
 # serial console without a password (as Debian's "nocloud" images), never over

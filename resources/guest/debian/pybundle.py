@@ -13,8 +13,9 @@ Why: importing cloud-init imports ~580 modules, and Python's path finder spends 
 system calls on each (stat of each directory on sys.path it tries, stat of the source,
 open, fstat, ioctl, two reads, close). On a PVM host every system call is emulated guest
 kernel work, ~10 ms each on a slow day: about a minute and a half of every boot. With the
-bundle, cloud-init-stages's finder spends two per module: a stat of the source (to check
-that the byte code is still that of the source, as Python itself does) and one pread.
+bundle, cloud-init-stages's finder spends one per module: a stat of the source (to check
+that the byte code is still that of the source, as Python itself does); it reads the byte
+code from the bundle mapped into its memory (mmap), which the guest kernel does not copy.
 
 Format: b"VMPYC1\\0\\0", the 4-byte magic number of the byte code, the index's length
 (4 bytes, little-endian), the index (marshal), then the byte-code files one after the
