@@ -8,7 +8,8 @@ cloud-init reads), `ip --json addr` (what cloud-init's table shows) and `ip rout
 cloud-init's modules those answers (AnsweringSubp) with a fake subp module.
 Then the byte-code bundle: pybundle.py over this host's own Python, modules imported
 through the bundle's finder work and come from it, and a module whose source is missing
-is not served from the bundle. Then the work done once per process (gettext.find, the
+is not served from the bundle, and the finder that answers "not here" from a
+directory's listing. Then the work done once per process (gettext.find, the
 JSON schema) against the originals, is_container() with and without signs of a container,
 the log file handler that writes a buffer at a time, and the step `nice`. Exit status 0
 when every check passes; each failure is printed.
@@ -165,6 +166,41 @@ with tempfile.TemporaryDirectory() as d:
     check("bundle: byte code read from the mapped file", "mapped" in words, out.stdout + out.stderr)
     check("bundle: a module without its source is not served", words[-2:-1] == ["refused"], out.stdout + out.stderr)
     check("bundle: a changed source wins over the bundle", words[-1:] == ["stale-source-used"], out.stdout + out.stderr)
+
+# "Not in this directory" from the listing (ListingFinder), in a child Python: a missing
+# module costs no stat() once the listings are held, a module there is found, one created
+# later is found after importlib.invalidate_caches() (which run() calls before each stage).
+with tempfile.TemporaryDirectory() as d:
+    probe = (
+        "import importlib, os, posix, sys\n"
+        f"src = open({STAGES!r}).read()\n"
+        "exec(src[src.index('# --- \"Not in this directory\"'):src.index('use_listing_finder()\\n\\n')])\n"
+        "if sys.argv[1] == 'on':\n    use_listing_finder()\n"
+        f"sys.path.insert(0, {d!r})\n"
+        f"open({d!r} + '/mvtest_here.py', 'w').write('X = 1\\n')\n"
+        "import mvtest_here\n"
+        "def absent(name):\n"
+        "    try:\n        __import__(name)\n        return False\n    except ImportError:\n        return True\n"
+        "absent('mvtest_warm')\n"
+        "stats = []\nstat = posix.stat\n"
+        "posix.stat = lambda *a, **k: stats.append(a[0]) or stat(*a, **k)\n"
+        "gone = absent('mvtest_absent')\n"
+        "posix.stat = stat\n"
+        f"open({d!r} + '/mvtest_later.py', 'w').write('X = 2\\n')\n"
+        "before = absent('mvtest_later')\n"
+        "importlib.invalidate_caches()\n"
+        "after = not absent('mvtest_later')\n"
+        "print(mvtest_here.X, gone, len(stats), before, after, type(sys.path_importer_cache[sys.path[0]]).__name__)\n"
+    )
+    on = subprocess.run([sys.executable, "-c", probe, "on"], capture_output=True, text=True)
+    off = subprocess.run([sys.executable, "-c", probe, "off"], capture_output=True, text=True)
+    w, wo = on.stdout.split(), off.stdout.split()
+    check("listing finder: a module there is found, a missing one is not",
+          on.returncode == 0 and w[:2] == ["1", "True"] and w[5:] == ["ListingFinder"], on.stdout + on.stderr)
+    check("listing finder: a missing module costs no stat() (Python's own finder: one per directory)",
+          len(w) == 6 and w[2] == "0" and len(wo) == 6 and int(wo[2]) >= 1, on.stdout + on.stderr + off.stdout + off.stderr)
+    check("listing finder: a module created later is found after invalidate_caches()",
+          len(w) == 6 and w[3:5] == ["True", "True"], on.stdout + on.stderr)
 
 # gettext.find() answered once per question: the same answers, the real find() once each.
 fns = {"os": os}
