@@ -90,19 +90,25 @@ impl CpuTemplate {
     /// them: SMAP's `clac`/`stac`, XSAVE, AVX, ...). (`noxsave` is not needed: Linux 6.1
     /// no longer knows it, and `clearcpuid=xsave` does the same.)
     ///
-    /// `erms` and `fsrm` stay visible although clearing them is faster here (the guest
-    /// kernel then copies and clears memory with `rep movsq`/`rep stosq`, 8 bytes per
-    /// emulated step instead of 1: writing 5 MiB to tmpfs 9.2 s instead of 17.0 s). In the
-    /// Debian guests that ran with them cleared (2026-12-03), reads returned bad data more
-    /// often (perl misparsing `warnings.pm`, sshd's "option block size mismatch",
-    /// systemd-networkd's failed starts), so the default stays what was tested longer.
-    /// `--cmdline clearcpuid=...,erms,fsrm` (the whole list: Linux keeps the last
-    /// `clearcpuid=`) tries it.
+    /// `erms`, `fsrm` and `rep_good` (a flag Linux sets itself for Intel family 6) are
+    /// cleared too, so that the guest kernel copies and clears memory with plain moves
+    /// (`copy_user_generic_unrolled`, `clear_page_orig`, `memcpy_orig`, `copy_page_regs`)
+    /// instead of `rep movsb`/`rep stosb`: the emulator runs a `rep` string instruction
+    /// one element at a time, each costing about as much as a whole instruction, so a
+    /// 4 KiB copy with `rep movsb` is 4 096 emulated steps and with plain moves ~1 100.
+    /// Measured in the Debian guest (resources/bench/guest-ops.py, 2026-12-04): reading
+    /// a cached page 12.6 ms -> 6.3 ms, zeroing a page 6.5 -> 4.2 ms, the boot to
+    /// systemd-networkd's start 177 -> 162 s, although a kernel build ran beside the
+    /// second boot (factor 4.37 against 3.41). On 2026-12-03 `erms,fsrm` alone (`rep
+    /// movsq`/`rep stosq`) was the default for a few hours and Debian guests then showed
+    /// more bad reads; that was before the vector guard (the guest README, "vminit")
+    /// ended user processes overwriting each other's AVX registers, and with plain moves
+    /// the emulator runs no `rep` string instruction for these at all.
     pub fn extra_kernel_cmdline(&self) -> &'static str {
         match self {
             CpuTemplate::Host => "",
             CpuTemplate::Pvm => {
-                "clearcpuid=smap,smep,pcid,popcnt,xsave,avx,fsgsbase,invpcid,rdrand"
+                "clearcpuid=smap,smep,pcid,popcnt,xsave,avx,fsgsbase,invpcid,rdrand,erms,fsrm,rep_good"
             }
         }
     }
@@ -541,7 +547,7 @@ mod tests {
         assert_eq!(CpuTemplate::Host.extra_kernel_cmdline(), "");
         let pvm = CpuTemplate::Pvm.extra_kernel_cmdline();
         assert!(pvm.starts_with("clearcpuid=smap,"));
-        for f in ["smap", "xsave", "avx", "rdrand"] {
+        for f in ["smap", "xsave", "avx", "rdrand", "erms", "fsrm", "rep_good"] {
             assert!(pvm.contains(f), "{pvm}");
         }
     }

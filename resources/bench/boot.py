@@ -37,7 +37,7 @@ DONE = b"bench-done-42"
 # host's CPU has and minivmm passes on) Linux applies its AMD FXSAVE-leak workaround,
 # `fnclex` on every FPU restore, which the PVM emulator cannot run (KVM internal error,
 # QEMU stops): +xsaveerptr, as the host has it (dropped with a warning where it has not).
-PVM_CMDLINE = "clearcpuid=smap,smep,pcid,popcnt,xsave,avx,fsgsbase,invpcid,rdrand"
+PVM_CMDLINE = "clearcpuid=smap,smep,pcid,popcnt,xsave,avx,fsgsbase,invpcid,rdrand,erms,fsrm,rep_good"
 PVM_QEMU_CPU = "qemu64,-cx16,+x2apic,+xsaveerptr"
 
 

@@ -21,7 +21,7 @@ ROUNDS=${1:-2}
 MIB=${2:-4}
 BYTES=$((MIB * 1024 * 1024))
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-PVM_CMDLINE="clearcpuid=smap,smep,pcid,popcnt,xsave,avx,fsgsbase,invpcid,rdrand"
+PVM_CMDLINE="clearcpuid=smap,smep,pcid,popcnt,xsave,avx,fsgsbase,invpcid,rdrand,erms,fsrm,rep_good"
 # QEMU's minimal CPU model without CX16 (the guest's SLUB would use cmpxchg16b, which the
 # PVM emulator cannot run), with XSAVEERPTR (else Linux runs its AMD FXSAVE-leak
 # workaround, fnclex, which the emulator cannot run either), as resources/bench/boot.py uses.

@@ -74,7 +74,7 @@ MEM_MIB = 256
 # X86_BUG_FXSAVE_LEAK and runs `fnclex` whenever it loads a task's FPU state, which the
 # PVM emulator cannot run: QEMU then stops with "emulation failure" right after
 # "Run /init" (on this host, some boots only; every one in a busy hour).
-PVM_CMDLINE = "clearcpuid=smap,smep,pcid,popcnt,xsave,avx,fsgsbase,invpcid,rdrand"
+PVM_CMDLINE = "clearcpuid=smap,smep,pcid,popcnt,xsave,avx,fsgsbase,invpcid,rdrand,erms,fsrm,rep_good"
 PVM_QEMU_CPU = "qemu64,-cx16,+x2apic,+xsaveerptr"
 # The guest's command. The markers are computed by the shell, so that init's log line
 # that repeats the command ("running: ...") contains neither "ready-42" nor "got-x1".
