@@ -65,17 +65,16 @@ import subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchjson  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MEM_MIB = 256
-# As boot.py (see there): what minivmm's pvm CPU template adds on PVM hosts, and the QEMU
+# boot.py's (see there): what minivmm's pvm CPU template adds on PVM hosts, and the QEMU
 # CPU model closest to that template, plus XSAVEERPTR. qemu64 is an AMD CPU; without
 # XSAVEERPTR (which minivmm passes through from this AMD host) Linux sets
 # X86_BUG_FXSAVE_LEAK and runs `fnclex` whenever it loads a task's FPU state, which the
 # PVM emulator cannot run: QEMU then stops with "emulation failure" right after
 # "Run /init" (on this host, some boots only; every one in a busy hour).
-PVM_CMDLINE = "clearcpuid=smap,smep,pcid,popcnt,xsave,avx,fsgsbase,invpcid,rdrand,erms,fsrm,rep_good"
-PVM_QEMU_CPU = "qemu64,-cx16,+x2apic,+xsaveerptr"
+from boot import PVM_CMDLINE, PVM_QEMU_CPU  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MEM_MIB = 256
 # The guest's command. The markers are computed by the shell, so that init's log line
 # that repeats the command ("running: ...") contains neither "ready-42" nor "got-x1".
 RUN = 'minivmm_run="echo ready-$((6*7)); while read line; do echo got-$line; done"'
