@@ -11,7 +11,7 @@ through the bundle's finder work and come from it, and a module whose source is 
 is not served from the bundle, and the finder that answers "not here" from a
 directory's listing. Then the work done once per process (gettext.find, the
 JSON schema) against the originals, is_container() with and without signs of a container,
-the log file handler that writes a buffer at a time, and the step `nice`. Exit status 0
+the log file handler that writes a buffer at a time, the step `nice` and `--after`. Exit status 0
 when every check passes; each failure is printed.
 """
 import ipaddress
@@ -303,6 +303,30 @@ w = out.stdout.split()
 check("step nice: later steps run at a higher niceness, a program started after it too",
       out.returncode == 0 and len(w) == 5 and int(w[0]) == base and w[1] == "0"
       and int(w[2]) == min(19, base + int(w[4])) and int(w[3]) == int(w[2]), out.stdout + out.stderr)
+
+# --after FILE: the stages wait for the boot script's word. An empty file (being written)
+# and a missing one are waited on; `go` runs the stages; anything else ends the process.
+import threading  # noqa: E402
+
+wf = {"os": os, "time": time}
+exec(section("def wait_for_go(path):", "def main():"), wf)
+with tempfile.TemporaryDirectory() as d:
+    go = os.path.join(d, "go")
+    open(go, "w").close()  # empty: not decided yet
+    t = threading.Timer(0.3, lambda: open(go, "w").write("go\n"))
+    start = time.monotonic()
+    t.start()
+    got = wf["wait_for_go"](go)
+    waited = time.monotonic() - start
+    t.join()
+    check("--after: waits while the file is empty, then `go` runs the stages", got is True and waited >= 0.25,
+          f"{got} after {waited:.2f} s")
+    os.unlink(go)
+    t = threading.Timer(0.2, lambda: open(go, "w").write("no\n"))
+    t.start()
+    got = wf["wait_for_go"](go)
+    t.join()
+    check("--after: a missing file is waited for; a word other than `go` ends the process", got is False, f"{got}")
 
 if failures:
     print(f"{len(failures)} check(s) failed: {', '.join(failures)}")
