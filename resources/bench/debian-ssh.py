@@ -27,8 +27,9 @@ after 1800 s is killed and recorded as a failure (with the console's tail on std
 
 Usage: resources/bench/debian-ssh.py [--rounds N] [--only minivmm|qemu] [--cpus N]
                                      [--out FILE] [--json FILE]
---cpus N gives each VM N vCPUs (default 1; both VMMs get the same). --out FILE also writes the markdown to FILE; --json FILE the results in the shared shape
-of resources/bench/benchjson.py. One line per boot goes to stderr as it goes.
+--cpus N gives each VM N vCPUs (default 1; both VMMs get the same). --out FILE also
+writes the markdown to FILE; --json FILE the results in the shared shape of
+resources/bench/benchjson.py. One line per boot goes to stderr as it goes.
 Needs root (/dev/kvm, network namespaces), qemu-system-x86, dosfstools and mtools
 (installed if missing), openssh-client, the Debian guest (built on first use: long) and
 release builds of minivmm and calibrate (built here).
@@ -127,7 +128,6 @@ class Console(threading.Thread):
 class Bench:
     def __init__(self, a):
         self.a = a
-        self.cpus = a.cpus
         self.tmp = tempfile.mkdtemp(prefix="mvbench-")
         self.ns = f"mvbench-{os.getpid()}"
         self.ns_made = False
@@ -227,7 +227,7 @@ class Bench:
     def command(self, vmm, d, name, mac, seed, disk):
         if vmm == "minivmm":
             return [self.minivmm, "--kernel", self.kernel, "--disk", disk, "--cloud-init", seed,
-                    "--name", name, "--memory", MEM, "--cpus", str(self.cpus),
+                    "--name", name, "--memory", MEM, "--cpus", str(self.a.cpus),
                     "--net", f"bridge={BRIDGE},mac={mac}", "--cmdline", EXTRA_CMDLINE,
                     "--serial", "stdio"]
         img = f"{d}/seed.img"
@@ -241,7 +241,7 @@ class Bench:
                           + [self.root, "rw", EXTRA_CMDLINE])
         return ["qemu-system-x86_64", "-M", "microvm,acpi=on,x-option-roms=off,rtc=off",
                 "-accel", "kvm", "-cpu", PVM_QEMU_CPU if self.pvm else "host",
-                "-m", MEM, "-smp", str(self.cpus), "-nodefaults", "-no-user-config", "-nographic",
+                "-m", MEM, "-smp", str(self.a.cpus), "-nodefaults", "-no-user-config", "-nographic",
                 "-serial", "stdio", "-kernel", self.kernel, "-append", append,
                 "-drive", f"id=d0,file={disk},format=raw,if=none",
                 "-device", "virtio-blk-device,drive=d0",
