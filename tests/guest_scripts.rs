@@ -7,7 +7,8 @@
 //! ip) and imports through a bundle of this host's Python: see its docstring. It runs
 //! under Debian's `/usr/bin/python3`, the same Python 3.11 as the image's. The image
 //! build's `debian/no-avx512.py` (MariaDB's server without its AVX-512 CRC-32C) is
-//! checked on synthetic binaries.
+//! checked on synthetic binaries. The benchmark scripts' `clearcpuid=` list for QEMU's
+//! guests (`resources/bench/boot.py`) is checked against minivmm's PVM template.
 
 use std::path::Path;
 use std::process::Command;
@@ -69,4 +70,40 @@ fn no_avx512_replaces_one_xgetbv_or_writes_nothing() {
     let twice = [binary.as_slice(), function].concat();
     let (code, out) = run(&twice);
     assert_eq!((code, out), (Some(3), None), "pattern twice");
+}
+
+/// The benchmark scripts give QEMU's guests the same `clearcpuid=` list as minivmm's PVM
+/// template adds: `resources/bench/boot.py` holds the one copy (the other scripts import
+/// it, or read it from there in shell), and it must equal the template's.
+#[test]
+fn bench_scripts_give_qemu_the_pvm_template_list() {
+    let bench = Path::new(env!("CARGO_MANIFEST_DIR")).join("../resources/bench");
+    let out = Command::new("/usr/bin/python3")
+        .args([
+            "-B",
+            "-c",
+            "from boot import PVM_CMDLINE; print(PVM_CMDLINE)",
+        ])
+        .current_dir(&bench)
+        .output()
+        .expect("running /usr/bin/python3");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        arch::cpuid::CpuTemplate::Pvm.extra_kernel_cmdline(),
+        "resources/bench/boot.py's PVM_CMDLINE differs from the pvm template's"
+    );
+    // No script keeps a copy of its own.
+    for entry in std::fs::read_dir(&bench).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap() == "boot.py" || !path.is_file() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            !text.contains("clearcpuid=smap"),
+            "{} has its own clearcpuid= list; import boot.py's",
+            path.display()
+        );
+    }
 }

@@ -51,7 +51,9 @@ MINIVMM_CMD=("$MINIVMM" --kernel "$GUEST/vmlinux" --disk "$WORK/root.img" --disk
 # guest off instructions the PVM emulator cannot run (see shared notes on the KVM host);
 # +xsaveerptr (the host has it, minivmm passes it on) keeps Linux off its AMD FXSAVE-leak
 # workaround (fnclex on every FPU restore, which the emulator cannot run).
-CLEAR="clearcpuid=smap,smep,pcid,popcnt,xsave,avx,fsgsbase,invpcid,rdrand,erms,fsrm,rep_good"
+# The list from boot.py (one copy for all benchmark scripts, checked against minivmm's
+# template by tests/guest_scripts.rs).
+CLEAR=$(cd "$HERE" && python3 -B -c 'from boot import PVM_CMDLINE; print(PVM_CMDLINE)')
 QEMU_CMD=(qemu-system-x86_64 -M microvm,acpi=off -accel kvm -cpu qemu64,-cx16,+xsaveerptr -m 256M -smp 1
 	-nodefaults -no-user-config -nographic -serial stdio -no-reboot
 	-kernel "$GUEST/vmlinux"

@@ -21,7 +21,9 @@ ROUNDS=${1:-2}
 MIB=${2:-4}
 BYTES=$((MIB * 1024 * 1024))
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-PVM_CMDLINE="clearcpuid=smap,smep,pcid,popcnt,xsave,avx,fsgsbase,invpcid,rdrand,erms,fsrm,rep_good"
+# The clearcpuid= list minivmm's PVM template adds (arch/src/cpuid.rs), from boot.py: one
+# copy for all benchmark scripts, checked against the template by tests/guest_scripts.rs.
+PVM_CMDLINE=$(cd "$ROOT/resources/bench" && python3 -B -c 'from boot import PVM_CMDLINE; print(PVM_CMDLINE)')
 # QEMU's minimal CPU model without CX16 (the guest's SLUB would use cmpxchg16b, which the
 # PVM emulator cannot run), with XSAVEERPTR (else Linux runs its AMD FXSAVE-leak
 # workaround, fnclex, which the emulator cannot run either), as resources/bench/boot.py uses.
