@@ -99,9 +99,14 @@ fn bench_scripts_give_qemu_the_pvm_template_list() {
         if path.file_name().unwrap() == "boot.py" || !path.is_file() {
             continue;
         }
+        // A list is `clearcpuid=` followed by a feature name (the docs' "`clearcpuid=`
+        // list" and "clearcpuid= keeps" are prose).
         let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let has_list = text
+            .match_indices("clearcpuid=")
+            .any(|(i, m)| text[i + m.len()..].starts_with(|c: char| c.is_ascii_alphanumeric()));
         assert!(
-            !text.contains("clearcpuid=smap"),
+            !has_list,
             "{} has its own clearcpuid= list; import boot.py's",
             path.display()
         );
